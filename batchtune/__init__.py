@@ -1,0 +1,54 @@
+"""batchtune: batch size, learning rate and normalization tuning for PyTorch, measured on your hardware.
+
+The public API is imported lazily so that ``batchtune --help`` does not pay for torch and optuna.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchtuneError",
+    "OutputError",
+    "SearchConfig",
+    "SearchResult",
+    "StorageError",
+    "TaskError",
+    "Tolerance",
+    "UsageError",
+    "load_task",
+    "report",
+    "search",
+    "__version__",
+]
+
+_LAZY = {
+    "BatchtuneError": "batchtune.errors",
+    "OutputError": "batchtune.errors",
+    "StorageError": "batchtune.errors",
+    "TaskError": "batchtune.errors",
+    "UsageError": "batchtune.errors",
+    "SearchConfig": "batchtune.config",
+    "Tolerance": "batchtune.config",
+    "SearchResult": "batchtune.search",
+    "search": "batchtune.api",
+    "report": "batchtune.api",
+    "load_task": "batchtune.task",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchtune' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

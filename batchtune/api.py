@@ -1,0 +1,68 @@
+"""The Python API: keyword-only functions that mirror the CLI commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from batchtune.config import SearchConfig, Tolerance, parse_tolerance
+
+
+def search(task: str | Path, **options: Any) -> Any:
+    """Run ``batchtune search`` from Python and return a :class:`~batchtune.search.SearchResult`.
+
+    Keyword options are the fields of :class:`SearchConfig` (``trials=``, ``epochs=``, ``device=``...).
+    ``result.trials`` is a pandas DataFrame; ``result.recommendation`` the recommended configuration.
+    """
+    from batchtune.search import search as run_search
+
+    on_event = options.pop("on_event", None)
+    tol = options.get("tolerance")
+    if isinstance(tol, str):
+        options["tolerance"] = parse_tolerance(tol)
+    for key in ("batch_sizes", "norms", "precisions"):
+        if isinstance(options.get(key), list):
+            options[key] = tuple(options[key])
+    config = SearchConfig(task_path=str(task), **options)
+    return run_search(config, on_event=on_event)
+
+
+def report(
+    *,
+    study: str,
+    storage: str | None = None,
+    output_dir: str | Path = "reports",
+    studies_dir: str | Path = "studies",
+    tolerance: Tolerance | str | None = None,
+    current_batch_size: int | None = None,
+    plots: bool = True,
+) -> Any:
+    """Regenerate the report of a stored study; returns the :class:`SearchResult`."""
+    from batchtune.report import write_search_report
+    from batchtune.search import load_result, open_study, quiet_optuna
+    from batchtune.storage import default_storage
+
+    if isinstance(tolerance, str):
+        tolerance = parse_tolerance(tolerance)
+    cfg = SearchConfig(
+        task_path=study,
+        study=study,
+        storage=storage,
+        studies_dir=str(studies_dir),
+        output_dir=str(output_dir),
+        tolerance=tolerance,
+        current_batch_size=current_batch_size,
+    ).validated()
+    url = storage or default_storage(study, studies_dir)
+    if storage is None and not Path(url.split("sqlite:///", 1)[1]).exists():
+        from batchtune.errors import StorageError
+
+        raise StorageError(
+            f"no stored study {study!r}: {url.split('sqlite:///', 1)[1]} does not exist; run `batchtune search` "
+            "first, or pass --storage with the study's URL"
+        )
+    with quiet_optuna():
+        stored = open_study(cfg, [], create=False)
+        result = load_result(stored, url, cfg)
+    result.paths = write_search_report(result, Path(output_dir) / study, plots=plots)
+    return result

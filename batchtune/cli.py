@@ -1,0 +1,297 @@
+"""The command line. Each command parses, calls one library function and renders the result.
+
+Heavy modules (torch, optuna, pandas, matplotlib) are imported inside the commands, so that
+``batchtune --help`` answers at once; tests/test_cli_imports.py holds this to an allowlist.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchtune import __version__
+from batchtune.errors import BatchtuneError
+from batchtune.units import format_bytes, parse_size, redact_url
+
+
+class Failure(click.ClickException):
+    """A library error shown as one line, exiting with the error's code (2 for bad input)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool((click.get_current_context().find_root().obj or {}).get("debug"))
+        try:
+            return fn(*args, **kwargs)
+        except BatchtuneError as exc:
+            if debug:
+                raise
+            raise Failure(redact_url(str(exc)), exc.exit_code) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            text = (str(exc).strip().splitlines() or [""])[0]
+            raise Failure(
+                redact_url(f"internal error: {type(exc).__name__}: {text} (run `batchtune --debug ...` for the traceback)"), 1
+            ) from None
+
+    return wrapper
+
+
+def _int_list(ctx: Any, param: Any, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers such as 16,48,96") from None
+    if not out or any(v < 1 for v in out):
+        raise click.BadParameter(f"{value!r}: every batch size must be a positive integer, e.g. 16,48,96")
+    return out
+
+
+def _str_list(ctx: Any, param: Any, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    out = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not out:
+        raise click.BadParameter("give at least one value, comma-separated")
+    return out
+
+
+def _size(ctx: Any, param: Any, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value, option=param.opts[0])
+    except BatchtuneError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _tolerance(ctx: Any, param: Any, value: str | None) -> Any:
+    if value is None:
+        return None
+    from batchtune.config import parse_tolerance
+
+    try:
+        return parse_tolerance(value)
+    except BatchtuneError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="batchtune")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
+    """Find the batch size, learning rate and normalization that train your PyTorch model best on
+    this hardware, and catch training-speed regressions in CI."""
+    ctx.obj = {"debug": debug}
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+# ----------------------------------------------------------------------------------------- search
+
+
+def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--trials", type=int, default=20, show_default=True, help="Trials the study should have in total (a rerun adds the missing ones)."),
+        click.option("--timeout", type=float, default=None, help="Stop starting new trials after this many seconds."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler and of every trial's model and data order."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--study", default=None, help="Study name [default: the task file's stem]."),
+        click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///studies/<study>.db]."),
+        click.option("--memory-budget", callback=_size, default=None, help="Peak memory limit, e.g. 6GiB; trials above it are infeasible."),
+        click.option("--batch-size-min", type=int, default=8, show_default=True),
+        click.option("--batch-size-max", type=int, default=None, help="[default: the training set size, at most 1024]"),
+        click.option("--batch-sizes", callback=_int_list, default=None, help="Explicit list instead of powers of two, e.g. 16,48,96."),
+        click.option("--lr-min", type=float, default=1e-4, show_default=True),
+        click.option("--lr-max", type=float, default=0.3, show_default=True),
+        click.option("--norms", callback=_str_list, default=None, help="Restrict normalization choices, e.g. batch,group."),
+        click.option("--precisions", callback=_str_list, default=None, help="Search precisions too: fp32,bf16,fp16."),
+        click.option("--epochs", type=float, default=None, help="Training budget per trial in epochs (fractions allowed) [default: 3]."),
+        click.option("--budget-samples", type=int, default=None, help="Training budget per trial in samples, instead of --epochs."),
+        click.option("--eval-every", type=float, default=None, help="Evaluate every this many epochs [default: each epoch]."),
+        click.option("--trial-timeout", type=float, default=1800, show_default=True, help="Seconds before a hung trial is killed and recorded failed."),
+        click.option("--tolerance", callback=_tolerance, default=None, help="How far from the best metric still counts: 0.5pp, 1% or 0.01 [default: 0.5pp for accuracy-like metrics, else 1%]."),
+        click.option("--current-batch-size", type=int, default=None, help="The batch size you train with now; the report says how to rescale your learning rate."),
+        click.option("--threads", type=int, default=None, help="CPU threads per trial [default: cores / workers]."),
+        click.option("--workers", type=int, default=1, show_default=True, help="Trials run at once on this machine."),
+        click.option("--output", "output_dir", default="reports", show_default=True, help="Folder for reports."),
+        click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
+        click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of the table."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("task", type=click.Path(dir_okay=False, path_type=str))
+@_search_options
+@handle_errors
+def search(task: str, **opts: Any) -> None:
+    """Search batch size, learning rate and normalization for TASK (a task file, see README)."""
+    from batchtune.config import SearchConfig
+
+    as_json = opts.pop("as_json")
+    plots = not opts.pop("no_plots")
+    if opts["epochs"] is not None and opts["budget_samples"] is not None:
+        raise click.UsageError("give either --epochs or --budget-samples, not both")
+    if opts["epochs"] is None:
+        opts["epochs"] = None if opts["budget_samples"] is not None else 3.0
+    opts["precisions"] = opts["precisions"] or ("fp32",)
+    config = SearchConfig(task_path=task, plots=plots, **opts)
+    _run_search(config, as_json)
+
+
+def _run_search(config: Any, as_json: bool) -> None:
+    from batchtune.search import search as run_search
+
+    lock = threading.Lock()
+
+    def on_start(info: dict[str, Any]) -> None:
+        click.echo(
+            f"study {info['study']} ({info['storage']}) on {info['device']}: batch sizes "
+            f"{','.join(map(str, info['batch_sizes']))}; norms {','.join(info['norms'])}; "
+            f"{info['workers']} worker(s)",
+            err=True,
+        )
+
+    def on_event(ev: Any) -> None:
+        width = 20
+        filled = int(width * min(ev.done, ev.total) / max(1, ev.total))
+        bar = "#" * filled + "-" * (width - filled)
+        p = ev.params
+        what = f"batch {p['batch_size']:>5} lr {p['lr']:.2e} {p['norm']:<8}"
+        if ev.status == "ok":
+            detail = f"metric {ev.metric:.4f}  {ev.throughput:>10,.0f} samples/s  {format_bytes(ev.peak_memory_bytes):>10}"
+        else:
+            detail = f"{ev.status.upper()}: {(ev.reason or '')[:70]}"
+        best = f"best {ev.best_metric:.4f}" if ev.best_metric is not None else "best -"
+        with lock:
+            click.echo(f"[{bar}] {ev.done:>3}/{ev.total}  #{ev.number:<3} {what} {detail}  | {best}", err=True)
+
+    result = run_search(config, on_event=on_event, on_start=on_start)
+    _render_result(result, as_json)
+    if result.interrupted:
+        click.echo("interrupted: the running trial was recorded as failed; the report covers what finished", err=True)
+        sys.exit(130)
+
+
+def _render_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2))
+        return
+    from batchtune.report import trial_table
+
+    rec = result.recommendation
+    click.echo("")
+    if rec is None:
+        click.echo("No trial finished feasibly; nothing to recommend (see the failures in the report).")
+    else:
+        p = rec.params
+        click.echo(
+            f"Recommended: batch size {p['batch_size']}, lr {p['lr']:.3g}, {p['norm']} norm "
+            f"(metric {rec.metric:.4g}, {rec.throughput:,.0f} samples/s, {format_bytes(rec.peak_memory_bytes)})"
+        )
+        click.echo(rec.reason)
+        if rec.lr_advice:
+            click.echo(rec.lr_advice)
+    click.echo("")
+    click.echo("Pareto front:")
+    click.echo(trial_table(result.pareto))
+    click.echo("")
+    for name, path in result.paths.items():
+        if not name.startswith("plot:"):
+            click.echo(f"wrote {path}")
+    if any(n.startswith("plot:") for n in result.paths):
+        plots = sorted({str(p.parent) for n, p in result.paths.items() if n.startswith("plot:")})
+        click.echo(f"wrote plots under {', '.join(plots)}")
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+@cli.command()
+@click.option("--study", required=True, help="Study name.")
+@click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///studies/<study>.db].")
+@click.option("--output", "output_dir", default="reports", show_default=True)
+@click.option("--tolerance", callback=_tolerance, default=None)
+@click.option("--current-batch-size", type=int, default=None)
+@click.option("--no-plots", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout.")
+@handle_errors
+def report(study: str, storage: str | None, output_dir: str, tolerance: Any, current_batch_size: int | None,
+           no_plots: bool, as_json: bool) -> None:
+    """Regenerate the report of a stored study (from any machine that reaches its storage)."""
+    from batchtune.api import report as make_report
+
+    result = make_report(
+        study=study, storage=storage, output_dir=output_dir, tolerance=tolerance,
+        current_batch_size=current_batch_size, plots=not no_plots,
+    )
+    _render_result(result, as_json)
+
+
+# ------------------------------------------------------------------------------------ init and env
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@handle_errors
+def init(path: Path, force: bool) -> None:
+    """Write a commented task-file template to PATH."""
+    from batchtune.template import TEMPLATE
+
+    if path.exists() and not force:
+        raise Failure(f"{path} already exists; pass another path or --force to overwrite it", 2)
+    if path.suffix != ".py":
+        raise Failure(f"{path}: a task file must end in .py", 2)
+    path.write_text(TEMPLATE, encoding="utf-8")
+    click.echo(f"wrote {path}; fill in build_model, train_dataset and val_dataset, then run `batchtune search {path}`")
+
+
+@cli.command()
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def env(device: str, as_json: bool) -> None:
+    """Print the versions, device and thread facts a bug report needs."""
+    from batchtune.device import environment, resolve_device
+
+    facts = environment(resolve_device(device))
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    width = max(len(k) for k in facts)
+    for key, value in facts.items():
+        if key.endswith("_bytes") and value:
+            value = format_bytes(value)
+        click.echo(f"{key:<{width}}  {value}")
+
+
+def main() -> None:
+    cli(prog_name="batchtune")
+
+
+if __name__ == "__main__":
+    main()

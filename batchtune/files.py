@@ -1,0 +1,42 @@
+"""Writing output files safely: whole or not at all, with errors that say what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from batchtune.errors import OutputError
+
+
+def ensure_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {path}: {exc.strerror}; pass a writable --output") from None
+    if not os.access(path, os.W_OK):
+        raise OutputError(f"the output folder {path} is not writable; fix its permissions or pass another --output")
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write via a temporary file and rename, so a full disk never leaves half a report."""
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OutputError(f"cannot write {path}: {exc.strerror}; free disk space or pass another --output") from None
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")

@@ -1,0 +1,113 @@
+"""Reading a stored study back into tables. The Optuna study is the one source of truth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+# A trial counts towards --trials once batchtune measured it, whatever the outcome. Trials of a
+# coordinator that died (no status) are retried instead; "surplus" and "interrupted" do not count.
+MEASURED_STATUSES = ("ok", "oom", "over-budget", "diverged", "failed", "timeout", "pruned")
+
+TRIAL_COLUMNS = [
+    "trial",
+    "state",
+    "status",
+    "batch_size",
+    "lr",
+    "norm",
+    "precision",
+    "accumulate",
+    "metric",
+    "best_metric",
+    "val_loss",
+    "throughput",
+    "throughput_q25",
+    "throughput_q75",
+    "step_time_median",
+    "step_time_iqr",
+    "peak_memory_bytes",
+    "peak_reserved_bytes",
+    "memory_kind",
+    "feasible",
+    "samples",
+    "steps",
+    "threads",
+    "wall_time",
+    "train_time",
+    "eval_time",
+    "reason",
+]
+
+
+def counts(trial: Any) -> bool:
+    """True when ``trial`` (a FrozenTrial) counts towards the study's requested total."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.COMPLETE:
+        return True
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("status") in MEASURED_STATUSES
+
+
+def trials_frame(study: Any) -> pd.DataFrame:
+    """One row per counted trial, every measurement a column (see README, trials.csv)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if not counts(t):
+            continue
+        a = t.user_attrs
+        constraints = t.system_attrs.get("constraints") or []
+        feasible = a.get("status") == "ok" and all(c <= 0 for c in constraints)
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "status": a.get("status"),
+                "batch_size": a.get("effective_batch_size", t.params.get("batch_size")),
+                "lr": t.params.get("lr", a.get("lr")),
+                "norm": t.params.get("norm", a.get("norm")),
+                "precision": t.params.get("precision", a.get("precision", "fp32")),
+                "accumulate": a.get("accumulate", 1),
+                "metric": a.get("final_metric"),
+                "best_metric": a.get("best_metric"),
+                "val_loss": a.get("final_val_loss"),
+                "throughput": a.get("throughput"),
+                "throughput_q25": a.get("throughput_q25"),
+                "throughput_q75": a.get("throughput_q75"),
+                "step_time_median": a.get("step_time_median"),
+                "step_time_iqr": a.get("step_time_iqr"),
+                "peak_memory_bytes": a.get("peak_memory_bytes"),
+                "peak_reserved_bytes": a.get("peak_reserved_bytes"),
+                "memory_kind": a.get("memory_kind"),
+                "feasible": feasible,
+                "samples": a.get("samples"),
+                "steps": a.get("steps"),
+                "threads": a.get("threads"),
+                "wall_time": a.get("wall_time"),
+                "train_time": a.get("train_time"),
+                "eval_time": a.get("eval_time"),
+                "reason": a.get("reason"),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    return frame.sort_values("trial").reset_index(drop=True)
+
+
+def curves_frame(study: Any) -> pd.DataFrame:
+    """Learning curves in long form: one row per (trial, evaluation point)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if not counts(t):
+            continue
+        for point in t.user_attrs.get("curve") or []:
+            rows.append(
+                {
+                    "trial": t.number,
+                    "batch_size": t.user_attrs.get("effective_batch_size", t.params.get("batch_size")),
+                    "norm": t.params.get("norm"),
+                    "lr": t.params.get("lr"),
+                    **point,
+                }
+            )
+    return pd.DataFrame(rows)

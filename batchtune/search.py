@@ -1,0 +1,500 @@
+"""The search: an Optuna study over batch size, learning rate and normalization, one trial per worker process."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchtune.config import SearchConfig
+from batchtune.errors import BatchtuneError, StorageError, UsageError
+from batchtune.results import counts
+from batchtune.units import redact_url
+
+log = logging.getLogger(__name__)
+
+SPACE_KEY = "batchtune_space"
+META_KEY = "batchtune_meta"
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    """What the CLI shows after each trial."""
+
+    number: int
+    status: str
+    params: dict[str, Any]
+    metric: float | None
+    throughput: float | None
+    peak_memory_bytes: int | None
+    reason: str | None
+    done: int
+    total: int
+    best_metric: float | None
+
+
+@dataclass
+class SearchResult:
+    """A finished (or interrupted) search: tables from the study, the recommendation, files written."""
+
+    study_name: str
+    storage: str  # password redacted
+    trials: Any  # pandas.DataFrame, one row per counted trial
+    curves: Any  # pandas.DataFrame, learning curves in long form
+    recommendation: Any  # batchtune.recommend.Recommendation | None
+    pareto: Any  # pandas.DataFrame
+    summary: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def batch_size_choices(cfg: SearchConfig, train_size: int) -> tuple[int, ...]:
+    """Powers of two from --batch-size-min up to --batch-size-max (default: the training set size, capped at 1024)."""
+    if cfg.batch_sizes is not None:
+        too_big = [b for b in cfg.batch_sizes if b > train_size]
+        if too_big:
+            raise UsageError(
+                f"--batch-sizes {too_big[0]} is larger than the training set ({train_size} samples); "
+                "drop it or use a larger dataset"
+            )
+        return tuple(sorted(set(cfg.batch_sizes)))
+    upper = min(cfg.batch_size_max or 1024, train_size)
+    if cfg.batch_size_min > upper:
+        raise UsageError(
+            f"--batch-size-min {cfg.batch_size_min} is larger than the training set ({train_size} samples); lower it"
+        )
+    sizes = []
+    b = 1
+    while b <= upper:
+        if b >= cfg.batch_size_min:
+            sizes.append(b)
+        b *= 2
+    if not sizes:
+        sizes = [cfg.batch_size_min]
+    return tuple(sizes)
+
+
+def open_study(cfg: SearchConfig, directions: list[str], *, create: bool = True) -> Any:
+    import optuna
+    import sqlalchemy.exc
+
+    from batchtune.storage import default_storage, open_storage, storage_error
+
+    url = cfg.storage or default_storage(cfg.study_name, cfg.studies_dir)
+    storage = open_storage(url)
+    sampler = optuna.samplers.TPESampler(
+        seed=cfg.seed,
+        multivariate=True,
+        group=False,
+        # A handful of random trials first; the default (10) is half of a typical 20-trial budget.
+        n_startup_trials=max(4, min(10, cfg.trials // 3)),
+    )
+    try:
+        if create:
+            return optuna.create_study(
+                study_name=cfg.study_name,
+                storage=storage,
+                sampler=sampler,
+                directions=directions,
+                load_if_exists=True,
+            )
+        return optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler)
+    except KeyError:
+        raise StorageError(
+            f"no study named {cfg.study_name!r} in {redact_url(url)}; run `batchtune search` first or pass --study"
+        ) from None
+    except ValueError as exc:
+        raise UsageError(
+            f"study {cfg.study_name!r} in {redact_url(url)} exists with other objectives ({exc}); pass a new --study name"
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise storage_error(url, exc) from None
+
+
+def _check_space(study: Any, space: dict[str, Any]) -> None:
+    stored = study.user_attrs.get(SPACE_KEY)
+    if stored is None:
+        study.set_user_attr(SPACE_KEY, space)
+        return
+    for key in ("batch_sizes", "norms", "precisions", "objective", "accumulate"):
+        if stored.get(key) != space.get(key):
+            raise UsageError(
+                f"study {study.study_name!r} was created with {key} {stored.get(key)}, not {space.get(key)}; "
+                "run with the same options to resume it, or pass a new --study name"
+            )
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_local_trials(study: Any) -> int:
+    """Fail and re-queue RUNNING trials whose coordinator on this host is gone (a kill -9).
+
+    Heartbeats catch this on any machine after the grace period; on the same host the owner's pid
+    says it at once, so a rerun right after a crash does not wait.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    reaped = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("worker") or {}
+        if owner.get("host") != host or owner.get("pid") == os.getpid() or _pid_alive(int(owner.get("pid", 0))):
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
+            study._storage.set_trial_user_attr(t._trial_id, "reason", "its coordinator process died; retried")
+            if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                retry(study, study._storage.get_trial(t._trial_id))
+                reaped += 1
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return reaped
+
+
+class _Progress:
+    def __init__(self, total: int, mode: str) -> None:
+        self.total = total
+        self.mode = mode
+        self.best: float | None = None
+        self.lock = threading.Lock()
+
+    def update(self, value: float | None) -> float | None:
+        with self.lock:
+            if value is not None:
+                if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+                    self.best = value
+            return self.best
+
+
+def search(
+    config: SearchConfig,
+    *,
+    on_event: Callable[[TrialEvent], None] | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+    write_report: bool = True,
+) -> SearchResult:
+    """Run (or resume) a study and write its report. See the README for every option.
+
+    Returns the :class:`SearchResult`; raises :class:`BatchtuneError` subclasses for bad input.
+    KeyboardInterrupt marks the running trials interrupted, writes the report of what finished,
+    and returns a result with ``interrupted=True``.
+    """
+    cfg = config.validated()
+    with quiet_optuna():
+        return _search(cfg, on_event, on_start, write_report)
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's info logs and experimental-API warnings are noise in batchtune's output."""
+    import optuna
+
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # We record heartbeats ourselves around each ask/tell trial (see _worker_loop).
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def _search(
+    cfg: SearchConfig,
+    on_event: Callable[[TrialEvent], None] | None,
+    on_start: Callable[[dict[str, Any]], None] | None,
+    write_report: bool,
+) -> SearchResult:
+    import optuna
+
+    from batchtune.device import environment, resolve_device
+    from batchtune.storage import default_storage
+    from batchtune.task import dry_run, load_task, make_dataset, optimizer_family, search_norms
+
+    task = load_task(cfg.task_path)
+    device = resolve_device(cfg.device)
+    norms, norm_note = search_norms(task, cfg.norms)
+    dry_run(task, norms)
+    train_size = len(make_dataset(task, "train"))
+    val_size = len(make_dataset(task, "val"))
+    sizes = batch_size_choices(cfg, train_size)
+    family = optimizer_family(task)
+
+    workers = cfg.workers
+    cpu_threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+    env = environment(device, threads=cpu_threads)
+    direction = "maximize" if task.metric_mode == "max" else "minimize"
+    study = open_study(cfg, [direction, "maximize", "minimize"])
+    space = {
+        "batch_sizes": list(sizes),
+        "lr": [cfg.lr_min, cfg.lr_max],
+        "norms": list(norms),
+        "precisions": list(cfg.precisions),
+        "objective": "pareto",
+        "accumulate": 1,
+    }
+    _check_space(study, space)
+    meta = {
+        "task": str(task.path),
+        "metric_mode": task.metric_mode,
+        "metric_is_default": not task.custom_metric,
+        "optimizer_family": family,
+        "norm_note": norm_note,
+        "train_size": train_size,
+        "val_size": val_size,
+        "epochs": cfg.epochs,
+        "budget_samples": cfg.budget_samples,
+        "seed": cfg.seed,
+        "memory_budget": cfg.memory_budget,
+        "current_batch_size": cfg.current_batch_size,
+        "environment": env,
+        "objectives": ["metric", "throughput", "peak_memory_bytes"],
+    }
+    study.set_user_attr(META_KEY, meta)
+    optuna.storages.fail_stale_trials(study)
+    reap_dead_local_trials(study)
+    url = cfg.storage or default_storage(cfg.study_name, cfg.studies_dir)
+    if on_start:
+        on_start({"study": cfg.study_name, "storage": redact_url(url), "device": str(device), "norms": norms,
+                  "batch_sizes": sizes, "norm_note": norm_note, "workers": workers})
+
+    progress = _Progress(cfg.trials, task.metric_mode)
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("status") == "ok":
+            progress.update(t.user_attrs.get("final_metric"))
+    stop = threading.Event()
+    deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+    runners = [_make_runner(cfg, device, i, cpu_threads) for i in range(workers)]
+    errors: list[BaseException] = []
+
+    def loop(runner: Any, slot: int) -> None:
+        try:
+            _worker_loop(study, runner, cfg, device, sizes, norms, cpu_threads, progress, stop, deadline, on_event)
+        except BaseException as exc:  # surfaced in the main thread
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=loop, args=(r, i), daemon=True) for i, r in enumerate(runners)]
+    interrupted = False
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.2)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        for r in runners:
+            r.kill()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        for r in runners:
+            r.close()
+    if errors and not interrupted:
+        err = errors[0]
+        if isinstance(err, BatchtuneError):
+            raise err
+        import sqlalchemy.exc
+
+        if isinstance(err, sqlalchemy.exc.SQLAlchemyError):
+            from batchtune.storage import storage_error
+
+            raise storage_error(url, err)
+        raise err
+    result = load_result(study, url, cfg)
+    result.interrupted = interrupted
+    if write_report:
+        from batchtune.report import write_search_report
+
+        result.paths = write_search_report(result, Path(cfg.output_dir) / cfg.study_name, plots=cfg.plots)
+    return result
+
+
+def _make_runner(cfg: SearchConfig, device: Any, slot: int, threads: int) -> Any:
+    from batchtune.worker import TrialRunner
+
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return TrialRunner(str(Path(cfg.task_path).resolve()), env=env)
+
+
+def _worker_loop(
+    study: Any,
+    runner: Any,
+    cfg: SearchConfig,
+    device: Any,
+    sizes: tuple[int, ...],
+    norms: tuple[str, ...],
+    threads: int,
+    progress: _Progress,
+    stop: threading.Event,
+    deadline: float | None,
+    on_event: Callable[[TrialEvent], None] | None,
+) -> None:
+    import optuna
+    from optuna.storages._heartbeat import get_heartbeat_thread
+    from optuna.trial import TrialState
+
+    from batchtune.train import TrialSpec
+
+    while not stop.is_set():
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        trials = study.get_trials(deepcopy=False)
+        done = sum(counts(t) for t in trials)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if done >= cfg.trials:
+            return
+        if done + running >= cfg.trials and not waiting:
+            # Others are running the last trials; wait in case one dies and is re-queued.
+            time.sleep(1.0)
+            optuna.storages.fail_stale_trials(study)
+            reap_dead_local_trials(study)
+            continue
+        trial = study.ask()
+        trial.set_user_attr("worker", _owner())
+        ranked = sorted(
+            t.number
+            for t in study.get_trials(deepcopy=False)
+            if counts(t) or t.state == TrialState.RUNNING
+        )
+        if trial.number not in ranked[: cfg.trials]:
+            # Another worker asked at the same moment: the study already has its total.
+            trial.set_user_attr("status", "surplus")
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        batch_size = trial.suggest_categorical("batch_size", list(sizes))
+        lr = trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)
+        norm = trial.suggest_categorical("norm", list(norms))
+        precision = (
+            trial.suggest_categorical("precision", list(cfg.precisions)) if len(cfg.precisions) > 1 else cfg.precisions[0]
+        )
+        spec = TrialSpec(
+            batch_size=int(batch_size),
+            lr=float(lr),
+            norm=str(norm),
+            device=str(device),
+            seed=cfg.seed,
+            epochs=cfg.epochs if cfg.budget_samples is None else None,
+            budget_samples=cfg.budget_samples,
+            eval_every=cfg.eval_every,
+            precision=str(precision),
+            threads=threads,
+        )
+        heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
+        heartbeat.start()
+        try:
+            result = runner.run(spec, timeout=cfg.trial_timeout)
+        finally:
+            heartbeat.join()
+        if stop.is_set() and result.status in ("failed", "timeout"):
+            result.status, result.reason = "interrupted", "interrupted (Ctrl-C) before the trial finished"
+        _record(study, trial, result, spec, cfg)
+        best = progress.update(result.final_metric if result.status == "ok" else None)
+        if on_event is not None:
+            on_event(
+                TrialEvent(
+                    number=trial.number,
+                    status=result.status,
+                    params={"batch_size": spec.batch_size, "lr": spec.lr, "norm": spec.norm, "precision": spec.precision},
+                    metric=result.final_metric,
+                    throughput=result.throughput,
+                    peak_memory_bytes=result.peak_memory_bytes,
+                    reason=result.reason,
+                    done=sum(counts(t) for t in study.get_trials(deepcopy=False)),
+                    total=cfg.trials,
+                    best_metric=best,
+                )
+            )
+
+
+def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig) -> None:
+    import math
+
+    from optuna.trial import TrialState
+
+    data = result.to_dict()
+    data["effective_batch_size"] = spec.effective_batch_size
+    data["accumulate"] = spec.accumulate
+    data["precision"] = spec.precision
+    for key, value in data.items():
+        if key == "step_times":
+            value = value[:2000]
+        trial.set_user_attr(key, value)
+    metric_ok = result.final_metric is not None and math.isfinite(result.final_metric)
+    if result.status == "ok" and metric_ok and result.throughput:
+        if cfg.memory_budget is not None:
+            # Optuna treats a constraint value <= 0 as feasible; the sampler learns the boundary.
+            over = (result.peak_memory_bytes - cfg.memory_budget) / cfg.memory_budget
+            trial.set_constraint("memory", over)
+            if over > 0:
+                trial.set_user_attr("reason", f"peak memory above the --memory-budget by {over:.1%}")
+        study.tell(trial, [result.final_metric, result.throughput, float(result.peak_memory_bytes or 0)])
+        return
+    if result.status == "ok":
+        # Trained, but too short to time or evaluate: it cannot be compared with the others.
+        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("reason", "the training budget was too short to time or evaluate; raise --epochs")
+    if result.status == "oom":
+        trial.set_constraint("memory", 1.0)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def load_result(study: Any, url: str, cfg: SearchConfig | None = None) -> SearchResult:
+    """Tables, Pareto front and recommendation of a stored study."""
+    from batchtune.recommend import pareto_front, recommend
+    from batchtune.results import curves_frame, trials_frame
+    from batchtune.summary import build_summary
+
+    meta = study.user_attrs.get(META_KEY) or {}
+    trials = trials_frame(study)
+    curves = curves_frame(study)
+    mode = meta.get("metric_mode", "max")
+    tolerance = cfg.tolerance if cfg is not None else None
+    current = cfg.current_batch_size if cfg is not None and cfg.current_batch_size else meta.get("current_batch_size")
+    front = pareto_front(trials, mode)
+    rec = recommend(
+        trials,
+        mode=mode,
+        tolerance=tolerance,
+        current_batch_size=current,
+        optimizer_family=meta.get("optimizer_family", "sgd"),
+    )
+    result = SearchResult(
+        study_name=study.study_name,
+        storage=redact_url(url),
+        trials=trials,
+        curves=curves,
+        recommendation=rec,
+        pareto=front,
+        summary={},
+    )
+    result.summary = build_summary(result, meta, study)
+    return result
+

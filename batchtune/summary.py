@@ -1,0 +1,60 @@
+"""summary.json: the stable, documented machine-readable result of a search (schema 1)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SCHEMA = 1
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _point(row: Any) -> dict[str, Any]:
+    return {
+        "trial": int(row["trial"]),
+        "params": {"batch_size": int(row["batch_size"]), "lr": float(row["lr"]), "norm": row["norm"]},
+        "metric": row["metric"],
+        "throughput": row["throughput"],
+        "peak_memory_bytes": row["peak_memory_bytes"],
+    }
+
+
+def build_summary(result: Any, meta: dict[str, Any], study: Any) -> dict[str, Any]:
+    trials = result.trials
+    rec = result.recommendation
+    status_counts = trials["status"].value_counts().to_dict() if not trials.empty else {}
+    summary = {
+        "schema": SCHEMA,
+        "study": result.study_name,
+        "storage": result.storage,
+        "n_trials": int(len(trials)),
+        "status_counts": status_counts,
+        "metric_mode": meta.get("metric_mode", "max"),
+        "recommendation": rec.to_dict() if rec is not None else None,
+        "pareto": [_point(r) for _, r in result.pareto.iterrows()],
+        "search_space": study.user_attrs.get("batchtune_space"),
+        "task": meta.get("task"),
+        "norm_note": meta.get("norm_note"),
+        "budget": {"epochs": meta.get("epochs"), "budget_samples": meta.get("budget_samples")},
+        "memory_budget_bytes": meta.get("memory_budget"),
+        "environment": meta.get("environment", {}),
+    }
+    for key in ("probe", "noise", "doctor"):
+        if key in study.user_attrs:
+            summary[key] = study.user_attrs[key]
+    return _clean(summary)

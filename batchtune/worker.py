@@ -1,0 +1,164 @@
+"""Trials run in a worker process apart from the study coordinator.
+
+A crash, a kernel OOM kill or a hang then costs one trial, not the study. The process is reused
+from trial to trial (torch is imported and the datasets are built once) and replaced when it dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from batchtune.train import TrialResult, TrialSpec
+
+log = logging.getLogger(__name__)
+
+_SPAWN = mp.get_context("spawn")
+
+
+def _worker_main(conn: Any, task_path: str, env: dict[str, str]) -> None:
+    import os
+
+    # Ctrl-C goes to the whole process group; the coordinator decides what happens to the trial.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(env)
+    from batchtune.errors import TaskError
+    from batchtune.task import load_task, make_dataset
+    from batchtune.train import run_trial
+
+    task = None
+    datasets: tuple[Any, Any] | None = None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "stop":
+            return
+        spec = TrialSpec(**message[1])
+        try:
+            if task is None:
+                task = load_task(task_path)
+            if datasets is None:
+                datasets = (make_dataset(task, "train"), make_dataset(task, "val"))
+        except TaskError as exc:
+            conn.send(("done", TrialResult(status="failed", reason=str(exc)).to_dict()))
+            continue
+
+        def report(step: int, value: float) -> bool:
+            conn.send(("report", step, value))
+            return bool(conn.recv())
+
+        result = run_trial(task, spec, datasets[0], datasets[1], report=report)
+        conn.send(("done", result.to_dict()))
+
+
+def _signal_name(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the kernel's out-of-memory killer sends this)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+class TrialRunner:
+    """Runs trials of one task file in a reusable child process.
+
+    Args:
+        task_path: the task file; the child imports it once.
+        env: extra environment variables for the child (thread counts, a pinned GPU).
+    """
+
+    def __init__(self, task_path: str, *, env: dict[str, str] | None = None) -> None:
+        self.task_path = task_path
+        self.env = dict(env or {})
+        self._proc: Any = None
+        self._conn: Any = None
+        self.pid: int | None = None
+
+    def _start(self) -> None:
+        parent, child = _SPAWN.Pipe()
+        proc = _SPAWN.Process(target=_worker_main, args=(child, self.task_path, self.env), daemon=True)
+        proc.start()
+        child.close()
+        self._proc, self._conn, self.pid = proc, parent, proc.pid
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def run(
+        self,
+        spec: TrialSpec,
+        *,
+        timeout: float | None = None,
+        on_report: Callable[[int, float], bool] | None = None,
+    ) -> TrialResult:
+        """Run one trial; a dead or hung worker becomes a failed result and is replaced next time."""
+        if not self.alive():
+            self._start()
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        try:
+            self._conn.send(("run", asdict(spec)))
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self._conn.poll(remaining):
+                    self.kill()
+                    return TrialResult(
+                        status="timeout",
+                        reason=f"no result within the trial timeout of {timeout:g} s; the worker was killed",
+                        wall_time=time.monotonic() - start,
+                    )
+                message = self._conn.recv()
+                if message[0] == "report":
+                    stop = on_report(message[1], message[2]) if on_report else False
+                    self._conn.send(bool(stop))
+                    continue
+                return TrialResult(**message[1])
+        except (EOFError, OSError, BrokenPipeError):
+            self._proc.join(timeout=5)
+            code = self._proc.exitcode
+            self.kill()
+            return TrialResult(
+                status="failed",
+                reason=f"the worker process {_signal_name(code)} during the trial",
+                wall_time=time.monotonic() - start,
+            )
+        except BaseException:
+            # KeyboardInterrupt or the like: the trial cannot finish, take its process with it.
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join(timeout=10)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def close(self) -> None:
+        if self.alive():
+            try:
+                self._conn.send(("stop",))
+                self._proc.join(timeout=5)
+            except (OSError, BrokenPipeError):
+                pass
+        self.kill()
+
+    def __enter__(self) -> TrialRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
