@@ -134,6 +134,8 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--current-batch-size", type=int, default=None, help="The batch size you train with now; the report says how to rescale your learning rate."),
         click.option("--threads", type=int, default=None, help="CPU threads per trial [default: cores / workers]."),
         click.option("--workers", type=int, default=1, show_default=True, help="Trials run at once on this machine."),
+        click.option("--heartbeat-interval", type=int, default=10, show_default=True, help="Seconds between a running trial's heartbeats in the storage."),
+        click.option("--heartbeat-grace", type=int, default=60, show_default=True, help="Seconds without a heartbeat before another worker fails a trial and retries it once."),
         click.option("--output", "output_dir", default="reports", show_default=True, help="Folder for reports."),
         click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
         click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of the table."),

@@ -76,6 +76,8 @@ class SearchConfig:
     current_batch_size: int | None = None
     threads: int | None = None
     workers: int = 1
+    heartbeat_interval: int = 10
+    heartbeat_grace: int = 60
     output_dir: str = "reports"
     studies_dir: str = "studies"
     probe: bool = True
@@ -129,6 +131,11 @@ class SearchConfig:
             raise UsageError(f"--threads {self.threads} must be at least 1")
         if self.workers < 1:
             raise UsageError(f"--workers {self.workers} must be at least 1")
+        if self.heartbeat_interval < 1 or self.heartbeat_grace <= self.heartbeat_interval:
+            raise UsageError(
+                f"--heartbeat-grace {self.heartbeat_grace} must be longer than --heartbeat-interval "
+                f"{self.heartbeat_interval} (both whole seconds, interval at least 1)"
+            )
         if not 0 <= self.headroom < 1:
             raise UsageError(f"--headroom {self.headroom:.0%} must be at least 0% and below 100%")
         if self.storage is not None:

@@ -89,7 +89,7 @@ def open_study(cfg: SearchConfig, directions: list[str], *, create: bool = True)
     from batchtune.storage import default_storage, open_storage, storage_error
 
     url = cfg.storage or default_storage(cfg.study_name, cfg.studies_dir)
-    storage = open_storage(url)
+    storage = open_storage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_grace)
     sampler = optuna.samplers.TPESampler(
         seed=cfg.seed,
         multivariate=True,
@@ -310,7 +310,7 @@ def _search(
         interrupted = True
         stop.set()
         for r in runners:
-            r.kill()
+            r.interrupt()
         for t in threads:
             t.join(timeout=30)
     finally:

@@ -32,7 +32,13 @@ def check_url(url: str) -> None:
         )
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> Any:
+def open_storage(
+    url: str,
+    *,
+    heartbeat: bool = True,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
+) -> Any:
     """An RDBStorage for ``url``, with heartbeats, or a :class:`StorageError` that says why not."""
     import optuna
     import sqlalchemy.exc
@@ -56,12 +62,12 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     if heartbeat:
         kwargs.update(
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            grace_period=GRACE_PERIOD,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
     try:
-        storage = optuna.storages.RDBStorage(url, **kwargs)
+        storage = _create_with_retry(lambda: optuna.storages.RDBStorage(url, **kwargs))
     except ImportError as exc:
         raise StorageError(
             f"the driver for {redact_url(url)} is not installed ({exc}); pip install 'batchtune[postgres]'"
@@ -71,6 +77,23 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
     if url.startswith("sqlite"):
         _enable_wal(storage)
     return storage
+
+
+def _create_with_retry(make: Any, attempts: int = 5) -> Any:
+    """Workers started together race to create Optuna's tables; the loser retries once they exist."""
+    import random
+    import time
+
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return make()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            if attempt == attempts - 1 or "duplicate" not in str(exc).lower() and "already exists" not in str(exc).lower():
+                raise
+            time.sleep(0.2 + random.random() * 0.5)
+    raise AssertionError("unreachable")
 
 
 def _enable_wal(storage: Any) -> None:

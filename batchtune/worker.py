@@ -31,8 +31,14 @@ def _worker_main(conn: Any, task_path: str, env: dict[str, str]) -> None:
     from batchtune.task import load_task, make_dataset
     from batchtune.train import run_trial
 
-    task = None
-    datasets: tuple[Any, Any] | None = None
+    # Import, task file and datasets once, before the first trial's clock starts.
+    try:
+        task = load_task(task_path)
+        datasets = (make_dataset(task, "train"), make_dataset(task, "val"))
+        conn.send(("ready", None))
+    except TaskError as exc:
+        conn.send(("ready", str(exc)))
+        return
     while True:
         try:
             message = conn.recv()
@@ -41,14 +47,6 @@ def _worker_main(conn: Any, task_path: str, env: dict[str, str]) -> None:
         if message[0] == "stop":
             return
         spec = TrialSpec(**message[1])
-        try:
-            if task is None:
-                task = load_task(task_path)
-            if datasets is None:
-                datasets = (make_dataset(task, "train"), make_dataset(task, "val"))
-        except TaskError as exc:
-            conn.send(("done", TrialResult(status="failed", reason=str(exc)).to_dict()))
-            continue
 
         def report(step: int, value: float) -> bool:
             conn.send(("report", step, value))
@@ -79,19 +77,35 @@ class TrialRunner:
         env: extra environment variables for the child (thread counts, a pinned GPU).
     """
 
-    def __init__(self, task_path: str, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, task_path: str, *, env: dict[str, str] | None = None, startup_timeout: float = 600.0) -> None:
         self.task_path = task_path
         self.env = dict(env or {})
+        self.startup_timeout = startup_timeout
         self._proc: Any = None
         self._conn: Any = None
         self.pid: int | None = None
 
-    def _start(self) -> None:
+    def _start(self) -> str | None:
+        """Start the child and wait until it is ready; returns why it could not start, or None."""
         parent, child = _SPAWN.Pipe()
         proc = _SPAWN.Process(target=_worker_main, args=(child, self.task_path, self.env), daemon=True)
         proc.start()
         child.close()
         self._proc, self._conn, self.pid = proc, parent, proc.pid
+        try:
+            if not parent.poll(self.startup_timeout):
+                self.kill()
+                return f"the worker process did not start within {self.startup_timeout:g} s"
+            _, error = parent.recv()
+        except (EOFError, OSError):
+            proc.join(timeout=5)
+            code = proc.exitcode
+            self.kill()
+            return f"the worker process {_signal_name(code)} while starting"
+        if error is not None:
+            self.kill()
+            return error
+        return None
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
@@ -105,7 +119,9 @@ class TrialRunner:
     ) -> TrialResult:
         """Run one trial; a dead or hung worker becomes a failed result and is replaced next time."""
         if not self.alive():
-            self._start()
+            error = self._start()
+            if error is not None:
+                return TrialResult(status="failed", reason=error)
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         try:
@@ -126,8 +142,11 @@ class TrialRunner:
                     continue
                 return TrialResult(**message[1])
         except (EOFError, OSError, BrokenPipeError):
-            self._proc.join(timeout=5)
-            code = self._proc.exitcode
+            proc = self._proc
+            code = None
+            if proc is not None:
+                proc.join(timeout=5)
+                code = proc.exitcode
             self.kill()
             return TrialResult(
                 status="failed",
@@ -138,6 +157,12 @@ class TrialRunner:
             # KeyboardInterrupt or the like: the trial cannot finish, take its process with it.
             self.kill()
             raise
+
+    def interrupt(self) -> None:
+        """Kill the child from another thread; the thread waiting in :meth:`run` sees it die and cleans up."""
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            proc.kill()
 
     def kill(self) -> None:
         if self._proc is not None:

@@ -47,12 +47,13 @@ class Net(nn.Module):
         self.where = os.environ.get("BATCHTUNE_TEST_OOM_WHERE", "forward")
 
     def forward(self, x):
-        if x.shape[0] > self.limit and self.training:
-            if self.where == "forward":
-                _raise()
-            if self.where == "backward":
-                x = _Boom.apply(x)
-        return self.body(x)
+        big = x.shape[0] > self.limit and self.training
+        if big and self.where == "forward":
+            _raise()
+        out = self.body(x)
+        if big and self.where == "backward":
+            out = _Boom.apply(out)
+        return out
 
 
 class Optim(torch.optim.SGD):
