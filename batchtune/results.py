@@ -50,13 +50,19 @@ def counts(trial: Any) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get("status") in MEASURED_STATUSES
 
 
+def measurements(trial: Any) -> dict[str, Any]:
+    """A trial's measurements (user attribute "result") with its status and reason."""
+    attrs = trial.user_attrs
+    return {**(attrs.get("result") or {}), "status": attrs.get("status"), "reason": attrs.get("reason")}
+
+
 def trials_frame(study: Any) -> pd.DataFrame:
     """One row per counted trial, every measurement a column (see README, trials.csv)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if not counts(t):
             continue
-        a = t.user_attrs
+        a = measurements(t)
         constraints = t.system_attrs.get("constraints") or []
         feasible = a.get("status") == "ok" and all(c <= 0 for c in constraints)
         rows.append(
@@ -100,11 +106,12 @@ def curves_frame(study: Any) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         if not counts(t):
             continue
-        for point in t.user_attrs.get("curve") or []:
+        a = measurements(t)
+        for point in a.get("curve") or []:
             rows.append(
                 {
                     "trial": t.number,
-                    "batch_size": t.user_attrs.get("effective_batch_size", t.params.get("batch_size")),
+                    "batch_size": a.get("effective_batch_size", t.params.get("batch_size")),
                     "norm": t.params.get("norm"),
                     "lr": t.params.get("lr"),
                     **point,

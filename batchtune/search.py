@@ -285,7 +285,7 @@ def _search(
     progress = _Progress(cfg.trials, task.metric_mode)
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("status") == "ok":
-            progress.update(t.user_attrs.get("final_metric"))
+            progress.update(t.user_attrs.get("result", {}).get("final_metric"))
     stop = threading.Event()
     deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
     runners = [_make_runner(cfg, device, i, cpu_threads) for i in range(workers)]
@@ -407,6 +407,11 @@ def _worker_loop(
             precision=str(precision),
             threads=threads,
         )
+        if stop.is_set():
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", "interrupted (Ctrl-C) before the trial started")
+            study.tell(trial, state=TrialState.FAIL)
+            return
         heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
         heartbeat.start()
         try:
@@ -443,10 +448,13 @@ def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig) -
     data["effective_batch_size"] = spec.effective_batch_size
     data["accumulate"] = spec.accumulate
     data["precision"] = spec.precision
-    for key, value in data.items():
-        if key == "step_times":
-            value = value[:2000]
-        trial.set_user_attr(key, value)
+    data["step_times"] = data["step_times"][:2000]
+    status, reason = data.pop("status"), data.pop("reason")
+    # One attribute for the measurements: each set_user_attr is a storage round trip (a commit on
+    # RDB storage), and the coordinator's time per trial must stay small.
+    trial.set_user_attr("result", data)
+    trial.set_user_attr("status", status)
+    trial.set_user_attr("reason", reason)
     metric_ok = result.final_metric is not None and math.isfinite(result.final_metric)
     if result.status == "ok" and metric_ok and result.throughput:
         if cfg.memory_budget is not None:

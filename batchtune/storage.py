@@ -59,7 +59,8 @@ def open_storage(
         # "database is locked" (Optuna's docs warn about SQLite under parallel writers).
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
     else:
-        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+        # No pre-ping: it costs a round trip per storage call; recycle connections hourly instead.
+        kwargs["engine_kwargs"] = {"pool_recycle": 3600}
     if heartbeat:
         kwargs.update(
             heartbeat_interval=heartbeat_interval,

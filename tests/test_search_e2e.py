@@ -29,7 +29,7 @@ def test_search_writes_report_and_recommends(cli, tasks, workdir):
     # The study is the source of truth: measurements live in its user attributes.
     study = optuna.load_study(study_name="tiny_mlp", storage="sqlite:///studies/tiny_mlp.db")
     attrs = study.trials[0].user_attrs
-    assert attrs["status"] == "ok" and attrs["throughput"] > 0 and len(attrs["curve"]) == 2
+    assert attrs["status"] == "ok" and attrs["result"]["throughput"] > 0 and len(attrs["result"]["curve"]) == 2
 
 
 def test_resume_adds_trials_up_to_total(cli, tasks, workdir):
