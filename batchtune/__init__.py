@@ -32,7 +32,7 @@ _LAZY = {
     "UsageError": "batchtune.errors",
     "SearchConfig": "batchtune.config",
     "Tolerance": "batchtune.config",
-    "SearchResult": "batchtune.search",
+    "SearchResult": "batchtune.study",
     "search": "batchtune.api",
     "report": "batchtune.api",
     "load_task": "batchtune.task",

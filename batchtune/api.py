@@ -14,7 +14,7 @@ def search(task: str | Path, **options: Any) -> Any:
     Keyword options are the fields of :class:`SearchConfig` (``trials=``, ``epochs=``, ``device=``...).
     ``result.trials`` is a pandas DataFrame; ``result.recommendation`` the recommended configuration.
     """
-    from batchtune.search import search as run_search
+    from batchtune.study import search as run_search
 
     on_event = options.pop("on_event", None)
     tol = options.get("tolerance")
@@ -38,8 +38,8 @@ def report(
     plots: bool = True,
 ) -> Any:
     """Regenerate the report of a stored study; returns the :class:`SearchResult`."""
-    from batchtune.report import write_search_report
-    from batchtune.search import load_result, open_study, quiet_optuna
+    from batchtune.reporting import write_search_report
+    from batchtune.study import load_result, open_study, quiet_optuna
     from batchtune.storage import default_storage
 
     if isinstance(tolerance, str):

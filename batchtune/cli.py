@@ -168,7 +168,7 @@ def search(task: str, **opts: Any) -> None:
 
 
 def _run_search(config: Any, as_json: bool) -> None:
-    from batchtune.search import search as run_search
+    from batchtune.study import search as run_search
 
     lock = threading.Lock()
 
@@ -205,7 +205,7 @@ def _render_result(result: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.summary, indent=2))
         return
-    from batchtune.report import trial_table
+    from batchtune.reporting import trial_table
 
     rec = result.recommendation
     click.echo("")

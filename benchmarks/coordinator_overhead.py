@@ -18,7 +18,7 @@ import optuna
 
 from batchtune.config import SearchConfig
 from batchtune.results import counts
-from batchtune.search import _record, quiet_optuna
+from batchtune.study import _record, quiet_optuna
 from batchtune.storage import open_storage
 from batchtune.train import TrialResult, TrialSpec
 

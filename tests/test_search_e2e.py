@@ -12,7 +12,7 @@ FAST = ["--epochs", "2", "--threads", "1", "--no-plots"]
 
 def test_search_writes_report_and_recommends(cli, tasks, workdir):
     result = cli("search", tasks / "tiny_mlp.py", "--trials", "4", "--batch-sizes", "16,32,64", "--lr-min", "0.01",
-                 "--lr-max", "0.3", *FAST)
+                 "--lr-max", "0.3", "--epochs", "2", "--threads", "1")
     assert result.exit_code == 0, result.output
     assert "Recommended: batch size" in result.output
     out = workdir / "reports" / "tiny_mlp"
@@ -26,6 +26,10 @@ def test_search_writes_report_and_recommends(cli, tasks, workdir):
     assert (trials["throughput"] > 0).all() and (trials["peak_memory_bytes"] > 0).all()
     report = (out / "report.md").read_text()
     assert "## Recommendation" in report and "## Pareto front" in report and "## Environment" in report
+    for png in ("throughput_vs_batch_size", "memory_vs_batch_size", "metric_vs_batch_size", "learning_curves"):
+        path = out / "plots" / f"{png}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(plots/{png}.png)" in report
     # The study is the source of truth: measurements live in its user attributes.
     study = optuna.load_study(study_name="tiny_mlp", storage="sqlite:///studies/tiny_mlp.db")
     attrs = study.trials[0].user_attrs
@@ -90,3 +94,17 @@ def test_oom_trials_are_recorded_and_study_goes_on(cli, tasks, workdir):
     assert trials["reason"].str.contains("out of memory").all()
     summary = json.loads((workdir / "reports" / "oom_above" / "summary.json").read_text())
     assert summary["recommendation"] is None and summary["status_counts"] == {"oom": 2}
+
+
+def test_python_api_returns_dataframe_and_recommendation(tasks, workdir):
+    import batchtune
+
+    result = batchtune.search(tasks / "tiny_mlp.py", trials=2, epochs=1, batch_sizes=[32], threads=1, plots=False,
+                              tolerance="1pp", current_batch_size=64)
+    assert isinstance(result.trials, pd.DataFrame) and len(result.trials) == 2
+    rec = result.recommendation
+    assert rec.params["batch_size"] == 32 and rec.tolerance.value == 0.01
+    assert "You train at batch 64" in rec.lr_advice and "Goyal" in rec.lr_advice
+    assert result.paths["json"].exists()
+    again = batchtune.report(study="tiny_mlp", plots=False)
+    assert again.summary["n_trials"] == 2

@@ -1,4 +1,4 @@
-"""The search: an Optuna study over batch size, learning rate and normalization, one trial per worker process."""
+"""Running and reading the Optuna study of a search: one trial per worker process, ask and tell."""
 
 from __future__ import annotations
 
@@ -330,7 +330,7 @@ def _search(
     result = load_result(study, url, cfg)
     result.interrupted = interrupted
     if write_report:
-        from batchtune.report import write_search_report
+        from batchtune.reporting import write_search_report
 
         result.paths = write_search_report(result, Path(cfg.output_dir) / cfg.study_name, plots=cfg.plots)
     return result
