@@ -39,8 +39,8 @@ def report(
 ) -> Any:
     """Regenerate the report of a stored study; returns the :class:`SearchResult`."""
     from batchtune.reporting import write_search_report
-    from batchtune.study import load_result, open_study, quiet_optuna
     from batchtune.storage import default_storage
+    from batchtune.study import load_result, open_study, quiet_optuna
 
     if isinstance(tolerance, str):
         tolerance = parse_tolerance(tolerance)

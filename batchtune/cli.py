@@ -27,7 +27,7 @@ class Failure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # per instance: 1 or 2
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import nn
 
@@ -31,7 +32,7 @@ def replacement(bn: nn.modules.batchnorm._NormBase, norm: str) -> nn.Module:
     else:
         raise ValueError(f"unknown normalization {norm!r}")
     ref = bn.weight if bn.affine else bn.running_mean
-    kwargs = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    kwargs: dict[str, Any] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
     return nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine, **kwargs)
 
 

@@ -65,7 +65,7 @@ def pareto_front(trials: pd.DataFrame, mode: str) -> pd.DataFrame:
         [sign * ok["metric"].to_numpy(float), ok["throughput"].to_numpy(float), -ok["peak_memory_bytes"].to_numpy(float)]
     )
     keep = []
-    for i, p in enumerate(points):
+    for p in points:
         dominated = np.any(np.all(points >= p, axis=1) & np.any(points > p, axis=1))
         keep.append(not dominated)
     return ok[np.array(keep)].sort_values("metric", ascending=(mode == "min")).reset_index(drop=True)
@@ -98,13 +98,13 @@ def recommend(
     if front.empty:
         return None
     tol = tolerance or default_tolerance(eligible(trials)["metric"], mode)
-    best_idx = front["metric"].idxmax() if mode == "max" else front["metric"].idxmin()
-    best = front.loc[best_idx]
+    values = front["metric"].to_numpy(float)
+    best = front.iloc[int(np.argmax(values) if mode == "max" else np.argmin(values))]
     close = front[[within(float(m), float(best["metric"]), tol, mode) for m in front["metric"]]]
     top = float(close["throughput"].max())
     tied = close[close["throughput"] >= top * (1 - THROUGHPUT_TIE)]
     pick = tied.sort_values(["peak_memory_bytes", "throughput"], ascending=[True, False]).iloc[0]
-    params = {"batch_size": int(pick["batch_size"]), "lr": float(pick["lr"]), "norm": str(pick["norm"])}
+    params: dict[str, Any] = {"batch_size": int(pick["batch_size"]), "lr": float(pick["lr"]), "norm": str(pick["norm"])}
     if "precision" in pick and isinstance(pick["precision"], str) and pick["precision"] != "fp32":
         params["precision"] = pick["precision"]
     reason = _reason(pick, best, tol, mode)

@@ -82,7 +82,7 @@ def batch_size_choices(cfg: SearchConfig, train_size: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def open_study(cfg: SearchConfig, directions: list[str], *, create: bool = True) -> Any:
+def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True) -> Any:
     import optuna
     import sqlalchemy.exc
 
@@ -233,7 +233,13 @@ def _search(
 
     from batchtune.device import environment, resolve_device
     from batchtune.storage import default_storage
-    from batchtune.task import dry_run, load_task, make_dataset, optimizer_family, search_norms
+    from batchtune.task import (
+        dry_run,
+        load_task,
+        make_dataset,
+        optimizer_family,
+        search_norms,
+    )
 
     task = load_task(cfg.task_path)
     device = resolve_device(cfg.device)

@@ -103,6 +103,7 @@ def load_task(path: str | Path) -> Task:
             raise TaskError(f"{path}: NORMS must be a non-empty list such as [\"batch\", \"group\"]")
         norms = tuple(str(n) for n in norms)
 
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(build_model).parameters
     except (TypeError, ValueError):

@@ -14,13 +14,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from batchtune.config import PRECISIONS
 from batchtune.device import MemoryTracker, synchronize
 from batchtune.errors import TaskError
 from batchtune.measure import summarize
 from batchtune.oom import is_oom, oom_reason, release_memory
 from batchtune.task import Task, build_model, build_optimizer, call_user, forward
-
 
 # Reporter: called after each evaluation with (step, value); returns True when the trial should stop.
 Reporter = Callable[[int, float], bool]
