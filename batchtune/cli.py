@@ -136,7 +136,7 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--tolerance", callback=_tolerance, default=None, help="How far from the best metric still counts: 0.5pp, 1% or 0.01 [default: 0.5pp for accuracy-like metrics, else 1%]."),
         click.option("--current-batch-size", type=int, default=None, help="The batch size you train with now; the report says how to rescale your learning rate."),
         click.option("--threads", type=int, default=None, help="CPU threads per trial [default: cores / workers]."),
-        click.option("--workers", type=int, default=1, show_default=True, help="Trials run at once on this machine."),
+        click.option("--workers", type=int, default=None, help="Trials run at once on this machine [default: one per GPU on CUDA, else 1]."),
         click.option("--heartbeat-interval", type=int, default=10, show_default=True, help="Seconds between a running trial's heartbeats in the storage."),
         click.option("--heartbeat-grace", type=int, default=60, show_default=True, help="Seconds without a heartbeat before another worker fails a trial and retries it once."),
         click.option("--output", "output_dir", default="reports", show_default=True, help="Folder for reports."),

@@ -75,7 +75,7 @@ class SearchConfig:
     tolerance: Tolerance | None = None
     current_batch_size: int | None = None
     threads: int | None = None
-    workers: int = 1
+    workers: int | None = None  # None: one per GPU on CUDA, else 1
     heartbeat_interval: int = 10
     heartbeat_grace: int = 60
     output_dir: str = "reports"
@@ -129,7 +129,7 @@ class SearchConfig:
             raise UsageError(f"--current-batch-size {self.current_batch_size} must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads {self.threads} must be at least 1")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers} must be at least 1")
         if self.heartbeat_interval < 1 or self.heartbeat_grace <= self.heartbeat_interval:
             raise UsageError(

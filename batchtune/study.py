@@ -250,7 +250,8 @@ def _search(
     sizes = batch_size_choices(cfg, train_size)
     family = optimizer_family(task)
 
-    workers = cfg.workers
+    gpus = _gpu_ids(cfg.device, device)
+    workers = cfg.workers if cfg.workers is not None else max(1, len(gpus))
     cpu_threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
     env = environment(device, threads=cpu_threads)
     direction = "maximize" if task.metric_mode == "max" else "minimize"
@@ -294,7 +295,7 @@ def _search(
             progress.update(t.user_attrs.get("result", {}).get("final_metric"))
     stop = threading.Event()
     deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
-    runners = [_make_runner(cfg, device, i, cpu_threads) for i in range(workers)]
+    runners = [_make_runner(cfg, device, gpus, i, cpu_threads) for i in range(workers)]
     errors: list[BaseException] = []
 
     def loop(runner: Any, slot: int) -> None:
@@ -342,11 +343,31 @@ def _search(
     return result
 
 
-def _make_runner(cfg: SearchConfig, device: Any, slot: int, threads: int) -> Any:
+def _gpu_ids(requested: str, device: Any) -> list[int]:
+    """The GPUs workers spread over: all of them for ``auto``/``cuda``, the one named by ``cuda:N``."""
+    if device.type != "cuda":
+        return []
+    import torch
+
+    if (requested or "auto").strip().lower() in ("auto", "cuda"):
+        return list(range(torch.cuda.device_count()))
+    return [device.index or 0]
+
+
+def _make_runner(cfg: SearchConfig, device: Any, gpus: list[int], slot: int, threads: int) -> Any:
+    """A worker process for ``slot``; on CUDA it is pinned to one GPU, round robin."""
     from batchtune.worker import TrialRunner
 
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    return TrialRunner(str(Path(cfg.task_path).resolve()), env=env)
+    trial_device = str(device)
+    if gpus:
+        # The child sees only its GPU, as cuda:0, so nothing it does touches the other GPUs.
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
+        trial_device = "cuda:0"
+    runner = TrialRunner(str(Path(cfg.task_path).resolve()), env=env)
+    runner.device = trial_device
+    runner.label = f"cuda:{gpus[slot % len(gpus)]}" if gpus else str(device)
+    return runner
 
 
 def _worker_loop(
@@ -405,7 +426,7 @@ def _worker_loop(
             batch_size=int(batch_size),
             lr=float(lr),
             norm=str(norm),
-            device=str(device),
+            device=runner.device,
             seed=cfg.seed,
             epochs=cfg.epochs if cfg.budget_samples is None else None,
             budget_samples=cfg.budget_samples,
@@ -426,7 +447,7 @@ def _worker_loop(
             heartbeat.join()
         if stop.is_set() and result.status in ("failed", "timeout"):
             result.status, result.reason = "interrupted", "interrupted (Ctrl-C) before the trial finished"
-        _record(study, trial, result, spec, cfg)
+        _record(study, trial, result, spec, cfg, runner.label)
         best = progress.update(result.final_metric if result.status == "ok" else None)
         if on_event is not None:
             on_event(
@@ -445,7 +466,7 @@ def _worker_loop(
             )
 
 
-def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig) -> None:
+def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig, device_label: str = "") -> None:
     import math
 
     from optuna.trial import TrialState
@@ -454,6 +475,7 @@ def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig) -
     data["effective_batch_size"] = spec.effective_batch_size
     data["accumulate"] = spec.accumulate
     data["precision"] = spec.precision
+    data["device"] = device_label
     data["step_times"] = data["step_times"][:2000]
     status, reason = data.pop("status"), data.pop("reason")
     # One attribute for the measurements: each set_user_attr is a storage round trip (a commit on

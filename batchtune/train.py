@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -163,7 +164,7 @@ def seed_everything(seed: int) -> None:
 
 def _autocast(device: torch.device, precision: str) -> Any:
     if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
+        return contextlib.nullcontext()  # cheaper per step than a disabled autocast
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 

@@ -81,6 +81,8 @@ class TrialRunner:
         self.task_path = task_path
         self.env = dict(env or {})
         self.startup_timeout = startup_timeout
+        self.device = "cpu"  # the device string trials use inside the child
+        self.label = "cpu"  # the device as the user knows it (cuda:3 for a child pinned to GPU 3)
         self._proc: Any = None
         self._conn: Any = None
         self.pid: int | None = None
