@@ -63,8 +63,8 @@ def trials_frame(study: Any) -> pd.DataFrame:
         if not counts(t):
             continue
         a = measurements(t)
-        constraints = t.system_attrs.get("constraints") or []
-        feasible = a.get("status") == "ok" and all(c <= 0 for c in constraints)
+        # Optuna 5 keeps constraints as {name: value}; a value <= 0 is feasible.
+        feasible = a.get("status") == "ok" and all(c <= 0 for c in t.constraints.values())
         rows.append(
             {
                 "trial": t.number,

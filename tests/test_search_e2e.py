@@ -108,3 +108,18 @@ def test_python_api_returns_dataframe_and_recommendation(tasks, workdir):
     assert result.paths["json"].exists()
     again = batchtune.report(study="tiny_mlp", plots=False)
     assert again.summary["n_trials"] == 2
+
+
+def test_memory_budget_is_an_optuna_constraint(cli, tasks, workdir):
+    # Every CPU trial's peak RSS (torch alone is hundreds of MiB) is far above 1 MiB.
+    result = cli("search", tasks / "tiny_mlp.py", "--trials", "2", "--batch-sizes", "32", "--memory-budget", "1MiB",
+                 *FAST)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny_mlp", storage="sqlite:///studies/tiny_mlp.db")
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert t.constraints["memory"] > 0
+        assert "above the --memory-budget" in t.user_attrs["reason"]
+    summary = json.loads((workdir / "reports" / "tiny_mlp" / "summary.json").read_text())
+    assert summary["recommendation"] is None and summary["memory_budget_bytes"] == 2**20
+    assert "over budget" in (workdir / "reports" / "tiny_mlp" / "report.md").read_text()
