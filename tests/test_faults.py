@@ -81,6 +81,21 @@ def _study(url="sqlite:///studies/faulty.db", name="faulty"):
     return optuna.load_study(study_name=name, storage=url)
 
 
+def wait_for_a_trial_done_and_one_running(timeout: float = 120) -> list:
+    """Poll the study of a search running in another process; returns its completed trials."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            trials = _study().trials
+        except Exception:  # the other process has not created the study yet
+            continue
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if complete and any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+            return complete
+    raise AssertionError("no trial completed while another ran")
+
+
 def _search_cmd(tasks, *extra):
     return [sys.executable, "-m", "batchtune", "search", str(tasks / "faulty.py"), *FAST, *extra]
 
@@ -89,20 +104,7 @@ def test_sigkill_of_coordinator_then_rerun_keeps_and_finishes(tasks, workdir):
     env = {**os.environ, **fault_env(workdir, "slow"), "BATCHTUNE_TEST_FAULT_ALWAYS": "1"}
     cmd = _search_cmd(tasks, "--trials", "4")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    done_before: dict[int, list[float]] = {}
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            study = _study()
-        except Exception:
-            continue
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-        if complete and running:
-            done_before = {t.number: t.values for t in complete}
-            break
-    assert done_before, "the first trial never completed"
+    done_before = {t.number: t.values for t in wait_for_a_trial_done_and_one_running()}
     proc.kill()
     proc.wait()
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -124,17 +126,7 @@ def test_ctrl_c_marks_trial_interrupted_writes_report_exits_130(tasks, workdir):
     env = {**os.environ, **fault_env(workdir, "slow"), "BATCHTUNE_TEST_FAULT_ALWAYS": "1"}
     proc = subprocess.Popen(_search_cmd(tasks, "--trials", "5"), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            study = _study()
-        except Exception:
-            continue
-        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) and any(
-            t.state == optuna.trial.TrialState.RUNNING for t in study.trials
-        ):
-            break
+    wait_for_a_trial_done_and_one_running()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
