@@ -137,7 +137,7 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--precisions", callback=_str_list, default=None, help="Search precisions too: fp32,bf16,fp16."),
         click.option("--epochs", type=float, default=None, help="Training budget per trial in epochs (fractions allowed) [default: 3]."),
         click.option("--budget-samples", type=int, default=None, help="Training budget per trial in samples, instead of --epochs."),
-        click.option("--eval-every", type=float, default=None, help="Evaluate every this many epochs [default: each epoch]."),
+        click.option("--eval-every", type=float, default=None, help="Evaluate every this many epochs [default: each epoch; a quarter epoch under --objective time-to-target]."),
         click.option("--trial-timeout", type=float, default=1800, show_default=True, help="Seconds before a hung trial is killed and recorded failed."),
         click.option("--tolerance", callback=_tolerance, default=None, help="How far from the best metric still counts: 0.5pp, 1% or 0.01 [default: 0.5pp for accuracy-like metrics, else 1%]."),
         click.option("--current-batch-size", type=int, default=None, help="The batch size you train with now; the report says how to rescale your learning rate."),

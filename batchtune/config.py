@@ -162,4 +162,7 @@ class SearchConfig:
             from batchtune.storage import check_url
 
             check_url(self.storage)
+        if self.objective == "time-to-target" and self.eval_every is None:
+            # Time to target and the pruner's rungs are resolved to evaluation points: a quarter epoch.
+            return replace(self, eval_every=0.25)
         return replace(self)

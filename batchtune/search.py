@@ -12,12 +12,15 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchtune.config import SearchConfig
 from batchtune.errors import BatchtuneError, StorageError, UsageError
 from batchtune.results import counts
 from batchtune.units import redact_url
+
+if TYPE_CHECKING:
+    from batchtune.plan import TrialPlan
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +365,7 @@ def _search(
     return result
 
 
-def _trial_plan(cfg: SearchConfig, sizes: tuple[int, ...], train_size: int, family: str, mode: str) -> Any:
+def _trial_plan(cfg: SearchConfig, sizes: tuple[int, ...], train_size: int, family: str, mode: str) -> TrialPlan:
     """The LR rule, accumulation splits and objective of this study (batchtune.plan)."""
     from batchtune import lr_rule
     from batchtune.accumulate import plan as accumulation_plan
@@ -398,7 +401,7 @@ def _worker_loop(
     runner: Any,
     cfg: SearchConfig,
     device: Any,
-    plan: Any,
+    plan: TrialPlan,
     norms: tuple[str, ...],
     threads: int,
     progress: _Progress,
@@ -491,7 +494,7 @@ def _worker_loop(
             )
 
 
-def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig, plan: Any, base_lr: float) -> None:
+def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig, plan: TrialPlan, base_lr: float) -> None:
     import math
 
     from optuna.trial import TrialState
