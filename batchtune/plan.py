@@ -8,7 +8,7 @@ and the pruner, and says what to record and what to tell the study.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from batchtune import lr_rule, target as tt
@@ -89,11 +89,9 @@ class CurveWatch:
     reached_at: int | None = None
     pruned_at: int | None = None
     pruned_metric: float | None = None
-    seen: list[float] = field(default_factory=list)
 
     def __call__(self, step: int, value: float) -> bool:
         samples = int(step) * self.batch
-        self.seen.append(value)
         self.trial.report(tt.intermediate_value(value, self.mode), samples)
         hit = tt.reached(value, self.target, self.mode)
         prune = self.trial.should_prune()

@@ -16,7 +16,7 @@ Both searches can reach the same learning rates: with the rule, the base LR lies
 B/256; without it, the LR range is the union of those ranges over the searched batch sizes. The
 search without the rule therefore contains every configuration the rule can reach, and more.
 
-Run:  PYTHONPATH=. python benchmarks/lr_rule.py            (about 10 minutes on 1 CPU thread)
+Run:  PYTHONPATH=. python benchmarks/lr_rule.py            (about 6 minutes on 1 CPU thread)
 """
 
 from __future__ import annotations
