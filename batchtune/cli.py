@@ -126,12 +126,21 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch-size-max", type=int, default=None, help="[default: the training set size, at most 1024]"),
         click.option("--batch-sizes", callback=_int_list, default=None, help="Explicit list instead of powers of two, e.g. 16,48,96."),
         click.option("--lr-min", type=float, default=1e-4, show_default=True),
-        click.option("--lr-max", type=float, default=0.3, show_default=True),
+        click.option("--lr-max", type=float, default=0.3, show_default=True, help="LR range; under an --lr-rule, of the base LR at the reference batch."),
+        click.option("--lr-rule", type=click.Choice(["auto", "linear", "sqrt", "none"]), default="auto", show_default=True,
+                     help="Scale a base LR to each batch size: linear (SGD, Goyal et al. 2017), sqrt (Adam-type, Malladi et al. 2022); auto picks from the optimizer."),
+        click.option("--lr-reference-batch", type=int, default=None, help="Batch size of the base LR [default: 256, clipped into the searched range]."),
+        click.option("--warmup-epochs", type=float, default=None, help="Linear LR warm-up per trial [default: 5% of the trial under the linear rule, else 0]."),
+        click.option("--objective", type=click.Choice(["pareto", "time-to-target"]), default="pareto", show_default=True,
+                     help="pareto: metric, throughput and memory; time-to-target: least training time to reach --target, with pruning."),
+        click.option("--target", type=float, default=None, help="Metric value whose time to reach each trial records, e.g. 0.95."),
+        click.option("--accumulate", type=int, default=1, show_default=True,
+                     help="Up to this many micro-batches per optimizer step: reaches batch sizes above the largest that fits (--batch-size-max)."),
         click.option("--norms", callback=_str_list, default=None, help="Restrict normalization choices, e.g. batch,group."),
         click.option("--precisions", callback=_str_list, default=None, help="Search precisions too: fp32,bf16,fp16."),
         click.option("--epochs", type=float, default=None, help="Training budget per trial in epochs (fractions allowed) [default: 3]."),
         click.option("--budget-samples", type=int, default=None, help="Training budget per trial in samples, instead of --epochs."),
-        click.option("--eval-every", type=float, default=None, help="Evaluate every this many epochs [default: each epoch]."),
+        click.option("--eval-every", type=float, default=None, help="Evaluate every this many epochs [default: each epoch; a quarter epoch under --objective time-to-target]."),
         click.option("--trial-timeout", type=float, default=1800, show_default=True, help="Seconds before a hung trial is killed and recorded failed."),
         click.option("--tolerance", callback=_tolerance, default=None, help="How far from the best metric still counts: 0.5pp, 1% or 0.01 [default: 0.5pp for accuracy-like metrics, else 1%]."),
         click.option("--current-batch-size", type=int, default=None, help="The batch size you train with now; the report says how to rescale your learning rate."),
@@ -179,6 +188,8 @@ def _run_search(config: Any, as_json: bool) -> None:
             f"{info['workers']} worker(s)",
             err=True,
         )
+        if info.get("lr_rule") not in (None, "none"):
+            click.echo(f"lr rule {info['lr_rule']}: --lr-min/--lr-max bound the base lr at batch {info['lr_reference_batch']}", err=True)
 
     def on_event(ev: Any) -> None:
         width = 20
@@ -186,6 +197,8 @@ def _run_search(config: Any, as_json: bool) -> None:
         bar = "#" * filled + "-" * (width - filled)
         p = ev.params
         what = f"batch {p['batch_size']:>5} lr {p['lr']:.2e} {p['norm']:<8}"
+        if p.get("accumulate", 1) > 1:
+            what += f" ({p['micro_batch']}x{p['accumulate']})"
         if ev.status == "ok":
             detail = f"metric {ev.metric:.4f}  {ev.throughput:>10,.0f} samples/s  {format_bytes(ev.peak_memory_bytes):>10}"
         else:
@@ -213,11 +226,16 @@ def _render_result(result: Any, as_json: bool) -> None:
         click.echo("No trial finished feasibly; nothing to recommend (see the failures in the report).")
     else:
         p = rec.params
+        micro = f" as {p['micro_batch']} x {p['accumulate']} accumulated micro-batches" if "accumulate" in p else ""
+        ttt = f", {rec.time_to_target:.3g} s to target" if rec.time_to_target is not None else ""
         click.echo(
-            f"Recommended: batch size {p['batch_size']}, lr {p['lr']:.3g}, {p['norm']} norm "
-            f"(metric {rec.metric:.4g}, {rec.throughput:,.0f} samples/s, {format_bytes(rec.peak_memory_bytes)})"
+            f"Recommended: batch size {p['batch_size']}{micro}, lr {p['lr']:.3g}, {p['norm']} norm "
+            f"(metric {rec.metric:.4g}, {rec.throughput:,.0f} samples/s, {format_bytes(rec.peak_memory_bytes)}{ttt})"
         )
         click.echo(rec.reason)
+        if rec.lr_table:
+            pairs = ", ".join(f"{r['batch_size']}: {r['lr']:.3g}" for r in rec.lr_table)
+            click.echo(f"lr by batch size ({rec.lr_rule} rule, base {rec.base_lr:.3g} at batch {rec.lr_reference_batch}): {pairs}")
         if rec.lr_advice:
             click.echo(rec.lr_advice)
     click.echo("")

@@ -83,6 +83,12 @@ class SearchConfig:
     probe: bool = True
     headroom: float = 0.10
     plots: bool = True
+    lr_rule: str = "auto"  # auto | linear | sqrt | none (batchtune.lr_rule)
+    lr_reference_batch: int | None = None  # default: 256 clipped into the searched range
+    warmup_epochs: float | None = None  # default: 5% of the trial budget under linear, else 0
+    objective: str = "pareto"  # pareto | time-to-target (batchtune.target)
+    target: float | None = None  # metric value for time to target
+    accumulate: int = 1  # most gradient-accumulation steps per optimizer step (1: off)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -138,8 +144,32 @@ class SearchConfig:
             )
         if not 0 <= self.headroom < 1:
             raise UsageError(f"--headroom {self.headroom:.0%} must be at least 0% and below 100%")
+        if self.lr_rule not in LR_RULES:
+            raise UsageError(f"--lr-rule {self.lr_rule!r} is not a rule; choose from {', '.join(LR_RULES)}")
+        if self.lr_reference_batch is not None and self.lr_reference_batch < 1:
+            raise UsageError(f"--lr-reference-batch {self.lr_reference_batch} must be a positive batch size such as 256")
+        if self.warmup_epochs is not None and (not math.isfinite(self.warmup_epochs) or self.warmup_epochs < 0):
+            raise UsageError(f"--warmup-epochs {self.warmup_epochs:g} must be 0 or a positive number of epochs")
+        if self.warmup_epochs and self.epochs is not None and self.warmup_epochs >= self.epochs:
+            raise UsageError(
+                f"--warmup-epochs {self.warmup_epochs:g} is not shorter than the trial (--epochs {self.epochs:g}); "
+                "lower it so the trial trains at its full learning rate"
+            )
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--objective {self.objective!r} is not an objective; choose from {', '.join(OBJECTIVES)}")
+        if self.target is not None and not math.isfinite(self.target):
+            raise UsageError(f"--target {self.target:g} must be a finite metric value such as 0.95")
+        if self.objective == "time-to-target" and self.target is None:
+            raise UsageError("--objective time-to-target needs --target METRIC_VALUE, e.g. --target 0.95")
+        if self.accumulate < 1:
+            raise UsageError(
+                f"--accumulate {self.accumulate} must be at least 1 (the most micro-batches per optimizer step; 1 is off)"
+            )
         if self.storage is not None:
             from batchtune.storage import check_url
 
             check_url(self.storage)
+        if self.objective == "time-to-target" and self.eval_every is None:
+            # Time to target and the pruner's rungs are resolved to evaluation points: a quarter epoch.
+            return replace(self, eval_every=0.25)
         return replace(self)

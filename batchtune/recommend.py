@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,13 @@ class Recommendation:
     tolerance: Tolerance
     reason: str
     lr_advice: str | None
+    objective: str = "pareto"
+    time_to_target: float | None = None  # seconds, under --objective time-to-target
+    samples_to_target: int | None = None
+    lr_rule: str | None = None
+    lr_reference_batch: int | None = None
+    base_lr: float | None = None
+    lr_table: tuple[dict[str, Any], ...] = ()  # batch size -> lr under the rule, from base_lr
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +49,13 @@ class Recommendation:
             "best_metric": self.best_metric,
             "tolerance": {"value": self.tolerance.value, "kind": self.tolerance.kind},
             "lr_advice": self.lr_advice,
+            "objective": self.objective,
+            "time_to_target": self.time_to_target,
+            "samples_to_target": self.samples_to_target,
+            "lr_rule": self.lr_rule,
+            "lr_reference_batch": self.lr_reference_batch,
+            "base_lr": self.base_lr,
+            "lr_table": list(self.lr_table),
         }
 
 
@@ -104,9 +118,7 @@ def recommend(
     top = float(close["throughput"].max())
     tied = close[close["throughput"] >= top * (1 - THROUGHPUT_TIE)]
     pick = tied.sort_values(["peak_memory_bytes", "throughput"], ascending=[True, False]).iloc[0]
-    params: dict[str, Any] = {"batch_size": int(pick["batch_size"]), "lr": float(pick["lr"]), "norm": str(pick["norm"])}
-    if "precision" in pick and isinstance(pick["precision"], str) and pick["precision"] != "fp32":
-        params["precision"] = pick["precision"]
+    params = _params(pick)
     reason = _reason(pick, best, tol, mode)
     advice = lr_advice(params["batch_size"], params["lr"], current_batch_size, optimizer_family)
     return Recommendation(
@@ -121,6 +133,88 @@ def recommend(
         reason=reason,
         lr_advice=advice,
     )
+
+
+def _params(pick: pd.Series) -> dict[str, Any]:
+    params: dict[str, Any] = {"batch_size": int(pick["batch_size"]), "lr": float(pick["lr"]), "norm": str(pick["norm"])}
+    if "precision" in pick and isinstance(pick["precision"], str) and pick["precision"] != "fp32":
+        params["precision"] = pick["precision"]
+    steps = pick.get("accumulate")
+    if steps is not None and not pd.isna(steps) and int(steps) > 1:
+        params["micro_batch"] = int(pick["micro_batch"])
+        params["accumulate"] = int(steps)
+    return params
+
+
+def recommend_time_to_target(
+    trials: pd.DataFrame,
+    *,
+    mode: str,
+    target: float,
+    current_batch_size: int | None = None,
+    optimizer_family: str = "sgd",
+) -> Recommendation | None:
+    """Under ``--objective time-to-target``: the feasible trial that reached the target in the least time.
+
+    Times within 2% are a tie (as throughputs are in :func:`recommend`), broken by lower peak memory.
+    """
+    ok = eligible(trials)
+    if ok.empty or "time_to_target" not in ok:
+        return None
+    hit = ok[ok["reached_target"].fillna(False).astype(bool)].dropna(subset=["time_to_target"])
+    if hit.empty:
+        return None
+    fastest = float(hit["time_to_target"].min())
+    tied = hit[hit["time_to_target"].astype(float) <= fastest * (1 + THROUGHPUT_TIE)]
+    pick = tied.sort_values(["peak_memory_bytes", "time_to_target"], ascending=[True, True]).iloc[0]
+    values = ok["metric"].to_numpy(float)
+    best = ok.iloc[int(np.argmax(values) if mode == "max" else np.argmin(values))]
+    params = _params(pick)
+    seconds = float(pick["time_to_target"])
+    name = f"batch {params['batch_size']}, lr {params['lr']:.3g}, {params['norm']} norm"
+    slower = hit[hit["trial"] != pick["trial"]]
+    runner_up = (
+        f"; the next fastest of the {len(hit)} trials that reached it took {float(slower['time_to_target'].min()):.3g} s"
+        if len(slower)
+        else "; it is the only trial that reached it"
+    )
+    reason = (
+        f"Trial {int(pick['trial'])} ({name}) reached the target {target:g} fastest: after "
+        f"{int(pick['samples_to_target']):,} training samples, {seconds:.3g} s at its measured "
+        f"{float(pick['throughput']):,.0f} samples/s{runner_up}."
+    )
+    return Recommendation(
+        trial=int(pick["trial"]),
+        params=params,
+        metric=float(pick["metric"]),
+        throughput=float(pick["throughput"]),
+        peak_memory_bytes=int(pick["peak_memory_bytes"]),
+        best_trial=int(best["trial"]),
+        best_metric=float(best["metric"]),
+        tolerance=default_tolerance(ok["metric"], mode),
+        reason=reason,
+        lr_advice=lr_advice(params["batch_size"], params["lr"], current_batch_size, optimizer_family),
+        objective="time-to-target",
+        time_to_target=seconds,
+        samples_to_target=int(pick["samples_to_target"]),
+    )
+
+
+def with_lr_table(
+    rec: Recommendation, trials: pd.DataFrame, *, rule: str, reference: int | None, sizes: list[int]
+) -> Recommendation:
+    """Add the LR to use at each batch size, from the recommended trial's base LR under ``rule``."""
+    from batchtune import lr_rule
+
+    row = trials[trials["trial"] == rec.trial]
+    base = float(row["base_lr"].iloc[0]) if len(row) and not pd.isna(row["base_lr"].iloc[0]) else rec.params["lr"]
+    if rule == "none" or reference is None:
+        return replace(rec, lr_rule=rule, base_lr=base)
+    table = tuple(
+        {"batch_size": r.batch_size, "lr": r.lr, "factor": r.factor}
+        for r in lr_rule.lr_table(base, rule, int(reference), sizes or [rec.params["batch_size"]])
+    )
+    return replace(rec, lr_rule=rule, lr_reference_batch=int(reference), base_lr=base, lr_table=table)
 
 
 def _fmt_metric(value: float) -> str:

@@ -45,7 +45,91 @@ def trial_table(frame: pd.DataFrame) -> str:
             "peak memory": frame["peak_memory_bytes"].map(lambda v: _fmt(v, "bytes")),
         }
     )
+    if "accumulate" in frame and (frame["accumulate"].fillna(1).astype(int) > 1).any():
+        view.insert(2, "micro x steps", [_micro(m, a) for m, a in zip(frame["micro_batch"], frame["accumulate"])])
     return view.to_markdown(index=False)
+
+
+def _micro(micro: Any, steps: Any) -> str:
+    steps = 1 if steps is None or pd.isna(steps) else int(steps)
+    return f"{int(micro)} x {steps}" if steps > 1 else "-"
+
+
+def lr_rule_section(result: Any) -> list[str]:
+    """The learning rate to use at each batch size, from the recommended trial's base LR."""
+    from batchtune import lr_rule
+
+    rec = result.recommendation
+    space = result.summary.get("search_space") or {}
+    rule = space.get("lr_rule", "none")
+    lines = ["## Learning rate by batch size", ""]
+    if rec is None or not rec.lr_table:
+        lines += [f"The search used {lr_rule.describe(rule)}; pass `--lr-rule linear` or `sqrt` for a table "
+                  "of learning rates that transfer across batch sizes.", ""]
+        return lines
+    warm = result.summary.get("warmup_epochs")
+    lines += [
+        f"The search sampled a base learning rate at batch {rec.lr_reference_batch} and scaled it to each trial's "
+        f"batch size by {lr_rule.describe(rule)}. From the recommended trial's base LR {rec.base_lr:.3g}, use:",
+        "",
+        pd.DataFrame(
+            {
+                "batch size": [r["batch_size"] for r in rec.lr_table],
+                "learning rate": [f"{r['lr']:.3g}" for r in rec.lr_table],
+                "x base": [f"{r['factor']:.3g}" for r in rec.lr_table],
+            }
+        ).to_markdown(index=False),
+        "",
+    ]
+    if warm:
+        lines += [f"Every trial warmed its learning rate up linearly over the first {warm:.3g} epochs; keep a "
+                  "warm-up when you train with a scaled-up learning rate (Goyal et al. 2017 use 5 epochs).", ""]
+    return lines
+
+
+def target_section(result: Any) -> list[str]:
+    """Samples and time each trial needed to reach --target; pruned trials and misses too."""
+    space = result.summary.get("search_space") or {}
+    target = space.get("target")
+    trials = result.trials
+    if target is None or trials.empty:
+        return []
+    objective = space.get("objective", "pareto")
+    rows = trials.sort_values("time_to_target", na_position="last")
+    outcome = [
+        "reached" if bool(r) is True and s == "ok" else ("pruned" if s == "pruned" else ("missed" if s == "ok" else s))
+        for r, s in zip(rows["reached_target"], rows["status"])
+    ]
+    view = pd.DataFrame(
+        {
+            "trial": rows["trial"].astype(int),
+            "batch": rows["batch_size"].astype(int),
+            "lr": rows["lr"].map(lambda v: f"{v:.3g}"),
+            "norm": rows["norm"],
+            "outcome": outcome,
+            "samples to target": rows["samples_to_target"].map(lambda v: _fmt(v, "int")),
+            "time to target (s)": rows["time_to_target"].map(_fmt),
+            "samples/s": rows["throughput"].map(lambda v: _fmt(v, "rate")),
+        }
+    )
+    lines = ["## Time to target", ""]
+    if objective == "time-to-target":
+        lines += [
+            f"Objective: the estimated training time to first reach a validation metric of {target:g} (minimised). "
+            "Each trial stopped as soon as it reached the target; successive halving pruned trials whose learning "
+            "curve fell behind at a rung. Trials that never reached it rank behind every one that did.",
+            "",
+        ]
+    else:
+        lines += [f"Samples and estimated training time each trial needed to first reach a validation metric of {target:g}.", ""]
+    lines += [
+        view.to_markdown(index=False),
+        "",
+        "*time to target* = samples seen at the first evaluation that reached the target / the trial's median "
+        "throughput: training time only, resolved to the evaluation interval (--eval-every).",
+        "",
+    ]
+    return lines
 
 
 def failures_table(frame: pd.DataFrame) -> str:
@@ -122,13 +206,16 @@ def render_markdown(result: Any, plots: dict[str, Path], out_dir: Path) -> str:
         lines += [
             f"**batch size {p['batch_size']}, learning rate {p['lr']:.3g}, {p['norm']} normalization**"
             + (f", {p['precision']}" if "precision" in p else "")
-            + f": metric {rec.metric:.4g}, {rec.throughput:,.0f} samples/s, {format_bytes(rec.peak_memory_bytes)} peak memory (trial {rec.trial}).",
+            + (f" (micro-batches of {p['micro_batch']}, {p['accumulate']} accumulation steps)" if "accumulate" in p else "")
+            + f": metric {rec.metric:.4g}, {rec.throughput:,.0f} samples/s, {format_bytes(rec.peak_memory_bytes)} peak memory (trial {rec.trial})"
+            + (f", {rec.time_to_target:.3g} s to the target." if rec.time_to_target is not None else "."),
             "",
             rec.reason,
             "",
         ]
         if rec.lr_advice:
             lines += [f"Learning rate at another batch size: {rec.lr_advice}", ""]
+    lines += lr_rule_section(result) + target_section(result)
     if s.get("norm_note"):
         lines += [f"Normalization: {s['norm_note']}.", ""]
     lines += [
@@ -146,7 +233,7 @@ def render_markdown(result: Any, plots: dict[str, Path], out_dir: Path) -> str:
         "",
         norm_table(trials, mode),
         "",
-        "## Failed, infeasible and diverged trials",
+        "## Failed, pruned, infeasible and diverged trials",
         "",
         failures_table(trials) if not trials.empty else "_none_",
         "",

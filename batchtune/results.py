@@ -19,6 +19,8 @@ TRIAL_COLUMNS = [
     "norm",
     "precision",
     "accumulate",
+    "micro_batch",
+    "base_lr",
     "metric",
     "best_metric",
     "val_loss",
@@ -37,6 +39,9 @@ TRIAL_COLUMNS = [
     "wall_time",
     "train_time",
     "eval_time",
+    "reached_target",
+    "samples_to_target",
+    "time_to_target",
     "reason",
 ]
 
@@ -45,7 +50,7 @@ def counts(trial: Any) -> bool:
     """True when ``trial`` (a FrozenTrial) counts towards the study's requested total."""
     from optuna.trial import TrialState
 
-    if trial.state == TrialState.COMPLETE:
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and trial.user_attrs.get("status") in MEASURED_STATUSES
 
@@ -75,6 +80,8 @@ def trials_frame(study: Any) -> pd.DataFrame:
                 "norm": t.params.get("norm", a.get("norm")),
                 "precision": t.params.get("precision", a.get("precision", "fp32")),
                 "accumulate": a.get("accumulate", 1),
+                "micro_batch": a.get("micro_batch", t.params.get("batch_size")),
+                "base_lr": t.params.get("base_lr", a.get("base_lr", t.params.get("lr"))),
                 "metric": a.get("final_metric"),
                 "best_metric": a.get("best_metric"),
                 "val_loss": a.get("final_val_loss"),
@@ -93,6 +100,9 @@ def trials_frame(study: Any) -> pd.DataFrame:
                 "wall_time": a.get("wall_time"),
                 "train_time": a.get("train_time"),
                 "eval_time": a.get("eval_time"),
+                "reached_target": a.get("reached_target"),
+                "samples_to_target": a.get("samples_to_target"),
+                "time_to_target": a.get("time_to_target"),
                 "reason": a.get("reason"),
             }
         )
@@ -113,7 +123,7 @@ def curves_frame(study: Any) -> pd.DataFrame:
                     "trial": t.number,
                     "batch_size": a.get("effective_batch_size", t.params.get("batch_size")),
                     "norm": t.params.get("norm"),
-                    "lr": t.params.get("lr"),
+                    "lr": a.get("lr", t.params.get("lr")),
                     **point,
                 }
             )

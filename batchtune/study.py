@@ -12,12 +12,15 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchtune.config import SearchConfig
 from batchtune.errors import BatchtuneError, StorageError, UsageError
 from batchtune.results import counts
 from batchtune.units import redact_url
+
+if TYPE_CHECKING:
+    from batchtune.plan import TrialPlan
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ def batch_size_choices(cfg: SearchConfig, train_size: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True) -> Any:
+def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True, pruner: Any = None) -> Any:
     import optuna
     import sqlalchemy.exc
 
@@ -103,10 +106,11 @@ def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True)
                 study_name=cfg.study_name,
                 storage=storage,
                 sampler=sampler,
+                pruner=pruner,
                 directions=directions,
                 load_if_exists=True,
             )
-        return optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler)
+        return optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
         raise StorageError(
             f"no study named {cfg.study_name!r} in {redact_url(url)}; run `batchtune search` first or pass --study"
@@ -119,13 +123,18 @@ def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True)
         raise storage_error(url, exc) from None
 
 
+# What a study stored before a key existed: it sampled the LR directly, with no target.
+_SPACE_DEFAULTS: dict[str, Any] = {"lr_rule": "none", "lr_reference_batch": None, "target": None, "micro_batch_max": None}
+
+
 def _check_space(study: Any, space: dict[str, Any]) -> None:
     stored = study.user_attrs.get(SPACE_KEY)
     if stored is None:
         study.set_user_attr(SPACE_KEY, space)
         return
-    for key in ("batch_sizes", "norms", "precisions", "objective", "accumulate"):
-        if stored.get(key) != space.get(key):
+    for key in ("batch_sizes", "norms", "precisions", "objective", "accumulate", "lr_rule", "lr_reference_batch",
+                "target", "micro_batch_max"):
+        if stored.get(key, _SPACE_DEFAULTS.get(key)) != space.get(key):
             raise UsageError(
                 f"study {study.study_name!r} was created with {key} {stored.get(key)}, not {space.get(key)}; "
                 "run with the same options to resume it, or pass a new --study name"
@@ -249,20 +258,33 @@ def _search(
     val_size = len(make_dataset(task, "val"))
     sizes = batch_size_choices(cfg, train_size)
     family = optimizer_family(task)
+    plan = _trial_plan(cfg, sizes, train_size, family, task.metric_mode)
+    sizes = plan.sizes
 
     gpus = _gpu_ids(cfg.device, device)
     workers = cfg.workers if cfg.workers is not None else max(1, len(gpus))
     cpu_threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
     env = environment(device, threads=cpu_threads)
     direction = "maximize" if task.metric_mode == "max" else "minimize"
-    study = open_study(cfg, [direction, "maximize", "minimize"])
+    if plan.objective == "time-to-target":
+        from batchtune.target import first_rung_samples, make_pruner
+
+        study = open_study(cfg, ["minimize"], pruner=make_pruner(
+            first_rung_samples(sizes, train_size, cfg.eval_every, cfg.budget_samples or (cfg.epochs or 1.0) * train_size)
+        ))
+    else:
+        study = open_study(cfg, [direction, "maximize", "minimize"])
     space = {
         "batch_sizes": list(sizes),
         "lr": [cfg.lr_min, cfg.lr_max],
         "norms": list(norms),
         "precisions": list(cfg.precisions),
-        "objective": "pareto",
-        "accumulate": 1,
+        "objective": plan.objective,
+        "accumulate": cfg.accumulate,
+        "micro_batch_max": max(s.micro for s in plan.splits.values()) if cfg.accumulate > 1 else None,
+        "lr_rule": plan.rule,
+        "lr_reference_batch": plan.reference,
+        "target": plan.target,
     }
     _check_space(study, space)
     meta = {
@@ -279,7 +301,13 @@ def _search(
         "memory_budget": cfg.memory_budget,
         "current_batch_size": cfg.current_batch_size,
         "environment": env,
-        "objectives": ["metric", "throughput", "peak_memory_bytes"],
+        "objectives": ["time_to_target"] if plan.objective == "time-to-target" else ["metric", "throughput", "peak_memory_bytes"],
+        "objective": plan.objective,
+        "target": plan.target,
+        "lr_rule": plan.rule,
+        "lr_reference_batch": plan.reference,
+        "warmup_epochs": plan.warmup_epochs,
+        "accumulate": cfg.accumulate,
     }
     study.set_user_attr(META_KEY, meta)
     optuna.storages.fail_stale_trials(study)
@@ -287,7 +315,8 @@ def _search(
     url = cfg.storage or default_storage(cfg.study_name, cfg.studies_dir)
     if on_start:
         on_start({"study": cfg.study_name, "storage": redact_url(url), "device": str(device), "norms": norms,
-                  "batch_sizes": sizes, "norm_note": norm_note, "workers": workers})
+                  "batch_sizes": sizes, "norm_note": norm_note, "workers": workers, "lr_rule": plan.rule,
+                  "lr_reference_batch": plan.reference, "objective": plan.objective})
 
     progress = _Progress(cfg.trials, task.metric_mode)
     for t in study.get_trials(deepcopy=False):
@@ -300,7 +329,7 @@ def _search(
 
     def loop(runner: Any, slot: int) -> None:
         try:
-            _worker_loop(study, runner, cfg, device, sizes, norms, cpu_threads, progress, stop, deadline, on_event)
+            _worker_loop(study, runner, cfg, device, plan, norms, cpu_threads, progress, stop, deadline, on_event)
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
             stop.set()
@@ -354,6 +383,30 @@ def _gpu_ids(requested: str, device: Any) -> list[int]:
     return [device.index or 0]
 
 
+def _trial_plan(cfg: SearchConfig, sizes: tuple[int, ...], train_size: int, family: str, mode: str) -> TrialPlan:
+    """The LR rule, accumulation splits and objective of this study (batchtune.plan)."""
+    from batchtune import lr_rule
+    from batchtune.accumulate import plan as accumulation_plan
+    from batchtune.plan import TrialPlan
+
+    micro_max = max(sizes) if cfg.batch_sizes is None else (cfg.batch_size_max or max(sizes))
+    splits = accumulation_plan(
+        sizes, max_steps=cfg.accumulate, micro_max=micro_max, train_size=train_size, explicit=cfg.batch_sizes is not None
+    )
+    rule = lr_rule.resolve_rule(cfg.lr_rule, family)
+    reference = None if rule == "none" else lr_rule.reference_batch(cfg.lr_reference_batch, tuple(splits))
+    trial_epochs = cfg.epochs if cfg.budget_samples is None else cfg.budget_samples / train_size
+    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else lr_rule.default_warmup_epochs(rule, trial_epochs or 1.0)
+    if warmup and trial_epochs and warmup >= trial_epochs:
+        raise UsageError(
+            f"--warmup-epochs {warmup:g} is not shorter than a trial ({trial_epochs:g} epochs); lower it or raise the budget"
+        )
+    return TrialPlan(
+        splits=splits, rule=rule, reference=reference, warmup_epochs=float(warmup), objective=cfg.objective,
+        target=cfg.target, mode=mode,
+    )
+
+
 def _make_runner(cfg: SearchConfig, device: Any, gpus: list[int], slot: int, threads: int) -> Any:
     """A worker process for ``slot``; on CUDA it is pinned to one GPU, round robin."""
     from batchtune.worker import TrialRunner
@@ -375,7 +428,7 @@ def _worker_loop(
     runner: Any,
     cfg: SearchConfig,
     device: Any,
-    sizes: tuple[int, ...],
+    plan: TrialPlan,
     norms: tuple[str, ...],
     threads: int,
     progress: _Progress,
@@ -416,14 +469,15 @@ def _worker_loop(
             trial.set_user_attr("status", "surplus")
             study.tell(trial, state=TrialState.FAIL)
             continue
-        batch_size = trial.suggest_categorical("batch_size", list(sizes))
-        lr = trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)
+        batch_size = trial.suggest_categorical("batch_size", list(plan.sizes))
+        base_lr, lr = plan.learning_rates(trial.suggest_float(plan.lr_param, cfg.lr_min, cfg.lr_max, log=True), int(batch_size))
+        split = plan.splits[int(batch_size)]
         norm = trial.suggest_categorical("norm", list(norms))
         precision = (
             trial.suggest_categorical("precision", list(cfg.precisions)) if len(cfg.precisions) > 1 else cfg.precisions[0]
         )
         spec = TrialSpec(
-            batch_size=int(batch_size),
+            batch_size=split.micro,
             lr=float(lr),
             norm=str(norm),
             device=runner.device,
@@ -433,28 +487,34 @@ def _worker_loop(
             eval_every=cfg.eval_every,
             precision=str(precision),
             threads=threads,
+            lr_warmup_epochs=plan.warmup_epochs,
+            accumulate=split.steps,
         )
         if stop.is_set():
             trial.set_user_attr("status", "interrupted")
             trial.set_user_attr("reason", "interrupted (Ctrl-C) before the trial started")
             study.tell(trial, state=TrialState.FAIL)
             return
+        watch = plan.watch(trial, spec.effective_batch_size)
         heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
         heartbeat.start()
         try:
-            result = runner.run(spec, timeout=cfg.trial_timeout)
+            result = runner.run(spec, timeout=cfg.trial_timeout, on_report=watch)
         finally:
             heartbeat.join()
+        if watch is not None:
+            watch.settle(result)
         if stop.is_set() and result.status in ("failed", "timeout"):
             result.status, result.reason = "interrupted", "interrupted (Ctrl-C) before the trial finished"
-        _record(study, trial, result, spec, cfg, runner.label)
+        _record(study, trial, result, spec, cfg, plan, base_lr, runner.label)
         best = progress.update(result.final_metric if result.status == "ok" else None)
         if on_event is not None:
             on_event(
                 TrialEvent(
                     number=trial.number,
                     status=result.status,
-                    params={"batch_size": spec.batch_size, "lr": spec.lr, "norm": spec.norm, "precision": spec.precision},
+                    params={"batch_size": spec.effective_batch_size, "lr": spec.lr, "norm": spec.norm,
+                            "precision": spec.precision, "micro_batch": spec.batch_size, "accumulate": spec.accumulate},
                     metric=result.final_metric,
                     throughput=result.throughput,
                     peak_memory_bytes=result.peak_memory_bytes,
@@ -466,7 +526,10 @@ def _worker_loop(
             )
 
 
-def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig, device_label: str = "") -> None:
+def _record(
+    study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig, plan: TrialPlan, base_lr: float,
+    device_label: str = "",
+) -> None:
     import math
 
     from optuna.trial import TrialState
@@ -474,8 +537,14 @@ def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig, d
     data = result.to_dict()
     data["effective_batch_size"] = spec.effective_batch_size
     data["accumulate"] = spec.accumulate
+    data["micro_batch"] = spec.batch_size
     data["precision"] = spec.precision
     data["device"] = device_label
+    data["lr"] = spec.lr
+    data["lr_warmup_epochs"] = spec.lr_warmup_epochs
+    data.update(plan.trial_attrs(base_lr, result))
+    if result.status == "ok" and data["reason"] is None:
+        data["reason"] = plan.miss_reason(result)
     data["step_times"] = data["step_times"][:2000]
     status, reason = data.pop("status"), data.pop("reason")
     # One attribute for the measurements: each set_user_attr is a storage round trip (a commit on
@@ -491,7 +560,11 @@ def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig, d
             trial.set_constraint("memory", over)
             if over > 0:
                 trial.set_user_attr("reason", f"peak memory above the --memory-budget by {over:.1%}")
-        study.tell(trial, [result.final_metric, result.throughput, float(result.peak_memory_bytes or 0)])
+        values = plan.objective_values(result)
+        study.tell(trial, values or [result.final_metric, result.throughput, float(result.peak_memory_bytes or 0)])
+        return
+    if result.status == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
         return
     if result.status == "ok":
         # Trained, but too short to time or evaluate: it cannot be compared with the others.
@@ -504,7 +577,12 @@ def _record(study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig, d
 
 def load_result(study: Any, url: str, cfg: SearchConfig | None = None) -> SearchResult:
     """Tables, Pareto front and recommendation of a stored study."""
-    from batchtune.recommend import pareto_front, recommend
+    from batchtune.recommend import (
+        pareto_front,
+        recommend,
+        recommend_time_to_target,
+        with_lr_table,
+    )
     from batchtune.results import curves_frame, trials_frame
     from batchtune.summary import build_summary
 
@@ -515,13 +593,19 @@ def load_result(study: Any, url: str, cfg: SearchConfig | None = None) -> Search
     tolerance = cfg.tolerance if cfg is not None else None
     current = cfg.current_batch_size if cfg is not None and cfg.current_batch_size else meta.get("current_batch_size")
     front = pareto_front(trials, mode)
-    rec = recommend(
-        trials,
-        mode=mode,
-        tolerance=tolerance,
-        current_batch_size=current,
-        optimizer_family=meta.get("optimizer_family", "sgd"),
-    )
+    space = study.user_attrs.get(SPACE_KEY) or {}
+    rule = space.get("lr_rule", "none")
+    # LR advice follows the rule the study searched with; without one, the optimizer family's.
+    family = {"linear": "sgd", "sqrt": "adaptive"}.get(rule, meta.get("optimizer_family", "sgd"))
+    if space.get("objective") == "time-to-target":
+        rec = recommend_time_to_target(
+            trials, mode=mode, target=float(space["target"]), current_batch_size=current, optimizer_family=family
+        )
+    else:
+        rec = recommend(trials, mode=mode, tolerance=tolerance, current_batch_size=current, optimizer_family=family)
+    if rec is not None:
+        sizes = list(space.get("batch_sizes") or []) + ([current] if current else [])
+        rec = with_lr_table(rec, trials, rule=rule, reference=space.get("lr_reference_batch"), sizes=sizes)
     result = SearchResult(
         study_name=study.study_name,
         storage=redact_url(url),

@@ -51,6 +51,7 @@ def build_summary(result: Any, meta: dict[str, Any], study: Any) -> dict[str, An
         "task": meta.get("task"),
         "norm_note": meta.get("norm_note"),
         "budget": {"epochs": meta.get("epochs"), "budget_samples": meta.get("budget_samples")},
+        "warmup_epochs": meta.get("warmup_epochs"),
         "memory_budget_bytes": meta.get("memory_budget"),
         "environment": meta.get("environment", {}),
     }

@@ -6,7 +6,13 @@ import pandas as pd
 import pytest
 
 from batchtune.config import Tolerance
-from batchtune.recommend import default_tolerance, lr_advice, lr_scale, pareto_front, recommend
+from batchtune.recommend import (
+    default_tolerance,
+    lr_advice,
+    lr_scale,
+    pareto_front,
+    recommend,
+)
 
 
 def table(rows):
