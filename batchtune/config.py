@@ -81,6 +81,8 @@ class SearchConfig:
     probe: bool = True
     headroom: float = 0.10
     plots: bool = True
+    doctor: bool = True  # run the batch doctor before the trials (batchtune.doctor)
+    noise: bool = False  # measure the gradient noise scale and goodput after the trials (batchtune.noise)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
