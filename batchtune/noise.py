@@ -92,7 +92,7 @@ def estimate_from_norms(
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(den > 0, num / den, np.inf)
     alpha = (1.0 - CONFIDENCE) / 2
-    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha], method="inverted_cdf")  # no interpolation across inf
 
     def finite(v: float) -> float | None:
         return float(v) if math.isfinite(v) else None
