@@ -51,7 +51,7 @@ def steps_to_target(task, train, val, b, lr, norm, target, max_samples, max_step
     ``max_steps`` stops a run once it cannot beat the best learning rate found so far.
     """
     steps_per_epoch = len(train) // b
-    eval_steps = max(1, min(10, round(200 / b)))  # finer evaluation where steps are few
+    eval_steps = max(1, min(4, round(64 / b)))  # steps to target are resolved to 4 steps or better
     spec = TrialSpec(
         batch_size=b, lr=lr, norm=norm, seed=seed, epochs=None, budget_samples=max_samples,
         eval_every=eval_steps / steps_per_epoch, threads=1, warmup_steps=0, max_steps=max_steps,
@@ -104,7 +104,7 @@ def run_task(name, cfg, quick):
         rows.append((b, best))
         print(f"  {name}: batch {b:>4}: " + (f"{best[0]:>5} steps to target (lr {best[1]:g})" if best else "target not reached"), flush=True)
     reached = [(b, r) for b, r in rows if r is not None]
-    s_min, b_crit = fit_critical([b for b, _ in reached], [r[0] for r in reached]) if len(reached) >= 3 else (None, None)
+    s_min, b_crit = fit_critical([b for b, _ in reached], [r[0] for _, r in reached]) if len(reached) >= 3 else (None, None)
     b_small, b_big = cfg["noise"]
     first = dict(reached).get(min(b for b, _ in reached)) if reached else None
     burst_b = min(b for b, _ in reached) if reached else b_small
