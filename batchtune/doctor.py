@@ -444,7 +444,7 @@ def diagnose(
     if not isinstance(task, Task):
         task = load_task(task)
     dev = resolve_device(device)
-    chosen = norm or search_norms(task, None)[0][0]
+    chosen = search_norms(task, [norm] if norm else None)[0][0]  # validates a --norm the task cannot build
     train = make_dataset(task, "train")
     val = make_dataset(task, "val")
     n = len(train)
