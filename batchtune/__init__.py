@@ -18,8 +18,11 @@ __all__ = [
     "TaskError",
     "Tolerance",
     "UsageError",
+    "NoiseConfig",
+    "diagnose",
     "load_task",
     "report",
+    "run_noise",
     "search",
     "__version__",
 ]
@@ -36,6 +39,9 @@ _LAZY = {
     "search": "batchtune.api",
     "report": "batchtune.api",
     "load_task": "batchtune.task",
+    "NoiseConfig": "batchtune.noise",
+    "run_noise": "batchtune.noise",
+    "diagnose": "batchtune.doctor",
 }
 
 

@@ -150,6 +150,8 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--heartbeat-grace", type=int, default=60, show_default=True, help="Seconds without a heartbeat before another worker fails a trial and retries it once."),
         click.option("--output", "output_dir", default="reports", show_default=True, help="Folder for reports."),
         click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
+        click.option("--doctor/--no-doctor", default=True, show_default=True, help="Run the batch doctor first (see `batchtune check`)."),
+        click.option("--noise", is_flag=True, help="Measure the gradient noise scale and goodput after the trials (see `batchtune noise`)."),
         click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of the table."),
     ]
     for option in reversed(options):
@@ -272,6 +274,77 @@ def report(study: str, storage: str | None, output_dir: str, tolerance: Any, cur
         current_batch_size=current_batch_size, plots=not no_plots,
     )
     _render_result(result, as_json)
+
+
+# ------------------------------------------------------------------------------------ noise and check
+
+
+@cli.command()
+@click.argument("task", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--norm", default=None, help="Normalization of the model to measure [default: the first the search would try].")
+@click.option("--lr", type=float, default=None, help="Learning rate of the training burst [default: 0.05 for SGD, 1e-3 for Adam-type].")
+@click.option("--batch-small", type=int, default=16, show_default=True, help="The smaller of the two measured batch sizes (and the burst's batch).")
+@click.option("--batch-big", type=int, default=128, show_default=True, help="The larger measured batch size.")
+@click.option("--steps", type=int, default=30, show_default=True, help="Gradient measurements averaged per phase.")
+@click.option("--burst-epochs", type=float, default=1.0, show_default=True, help="Training before the second measurement (0: at initialisation only).")
+@click.option("--batch-sizes", callback=_int_list, default=None, help="Goodput candidates [default: powers of two from --batch-small].")
+@click.option("--throughput-steps", type=int, default=20, show_default=True, help="Timed steps per candidate batch size.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads for the measurements.")
+@click.option("--output", "output_dir", default="reports", show_default=True, help="Folder for reports.")
+@click.option("--name", default=None, help="Report folder name under --output [default: the task file's stem].")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plot.")
+@click.option("--json", "as_json", is_flag=True, help="Print noise.json to stdout instead of the summary.")
+@handle_errors
+def noise(task: str, norm: str | None, lr: float | None, batch_small: int, batch_big: int, steps: int,
+          burst_epochs: float, batch_sizes: tuple[int, ...] | None, throughput_steps: int, device: str, seed: int,
+          threads: int | None, output_dir: str, name: str | None, no_plots: bool, as_json: bool) -> None:
+    """Measure the gradient noise scale of TASK and the batch size that maximises goodput."""
+    from batchtune.noise import NoiseConfig, run_noise
+    from batchtune.noise_report import noise_lines, write_noise_report
+    from batchtune.summary import _clean
+
+    config = NoiseConfig(
+        task_path=task, norm=norm, lr=lr, b_small=batch_small, b_big=batch_big, steps=steps,
+        burst_epochs=burst_epochs, batch_sizes=batch_sizes, throughput_steps=throughput_steps, device=device,
+        seed=seed, threads=threads,
+    )
+    result = run_noise(config)
+    paths = write_noise_report(result, Path(output_dir) / (name or Path(task).stem), plots=not no_plots)
+    if as_json:
+        click.echo(json.dumps(_clean(result.to_dict()), indent=2))
+        return
+    for line in noise_lines(result):
+        click.echo(line)
+    click.echo("")
+    for path in paths.values():
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("task", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--batch-size", type=int, default=None, help="Batch size to check [default: 32, or the training set size if smaller].")
+@click.option("--norm", default=None, help="Normalization of the model [default: the first the search would try].")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@handle_errors
+def check(task: str, batch_size: int | None, norm: str | None, device: str, seed: int, as_json: bool) -> None:
+    """Check TASK's batches for pitfalls (the batch doctor). Exits 1 when a finding is an error."""
+    from batchtune.doctor import diagnose
+    from batchtune.doctor_report import doctor_lines
+    from batchtune.task import load_task
+
+    if batch_size is not None and batch_size < 1:
+        raise click.BadParameter(f"{batch_size} must be a positive batch size, e.g. 32", param_hint="--batch-size")
+    diagnosis = diagnose(load_task(task), batch_sizes=[batch_size] if batch_size else None, norm=norm, device=device, seed=seed)
+    if as_json:
+        click.echo(json.dumps(diagnosis.to_dict(), indent=2))
+    else:
+        for line in doctor_lines(diagnosis):
+            click.echo(line)
+    sys.exit(diagnosis.exit_code)
 
 
 # ------------------------------------------------------------------------------------ init and env

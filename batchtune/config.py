@@ -89,6 +89,8 @@ class SearchConfig:
     objective: str = "pareto"  # pareto | time-to-target (batchtune.target)
     target: float | None = None  # metric value for time to target
     accumulate: int = 1  # most gradient-accumulation steps per optimizer step (1: off)
+    doctor: bool = True  # run the batch doctor before the trials (batchtune.doctor)
+    noise: bool = False  # measure the gradient noise scale and goodput after the trials (batchtune.noise)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

@@ -241,6 +241,10 @@ def render_markdown(result: Any, plots: dict[str, Path], out_dir: Path) -> str:
     extra = s.get("probe")
     if extra:
         lines += ["## Probe", "", str(extra.get("markdown", "")), ""]
+    for key in ("doctor", "noise"):  # sections rendered when measured (batchtune.doctor_report, noise_report)
+        section = s.get(key)
+        if section and section.get("markdown"):
+            lines += [str(section["markdown"]), ""]
     if plots:
         lines += ["## Plots", ""]
         for name, path in plots.items():

@@ -310,6 +310,10 @@ def _search(
         "accumulate": cfg.accumulate,
     }
     study.set_user_attr(META_KEY, meta)
+    if cfg.doctor:
+        from batchtune.doctor_report import doctor_for_search
+
+        study.set_user_attr("doctor", doctor_for_search(task, sizes, norms, device, cfg.seed))
     optuna.storages.fail_stale_trials(study)
     reap_dead_local_trials(study)
     url = cfg.storage or default_storage(cfg.study_name, cfg.studies_dir)
@@ -364,6 +368,13 @@ def _search(
             raise storage_error(url, err)
         raise err
     result = load_result(study, url, cfg)
+    if cfg.noise and not interrupted:
+        from batchtune.noise_report import noise_for_search
+
+        study.set_user_attr("noise", noise_for_search(
+            result, cfg, device, Path(cfg.output_dir) / cfg.study_name, train_size=train_size, family=family
+        ))
+        result = load_result(study, url, cfg)
     result.interrupted = interrupted
     if write_report:
         from batchtune.reporting import write_search_report

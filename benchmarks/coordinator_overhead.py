@@ -18,8 +18,8 @@ import optuna
 
 from batchtune.config import SearchConfig
 from batchtune.results import counts
-from batchtune.study import _record, quiet_optuna
 from batchtune.storage import open_storage
+from batchtune.study import _record, quiet_optuna
 from batchtune.train import TrialResult, TrialSpec
 
 

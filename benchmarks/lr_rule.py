@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 
 from batchtune.api import search  # noqa: E402
 
-
 SIZES = (16, 512)  # batch-size range searched
 REFERENCE = 256  # the rule's reference batch (256 lies inside SIZES)
 RULES = ("auto", "none")  # auto is linear: the digits task uses the default SGD

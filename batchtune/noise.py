@@ -1,0 +1,499 @@
+"""The gradient noise scale of a task, measured, and the goodput it implies.
+
+The simple noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018, "An Empirical Model of
+Large-Batch Training", eq. 2.8) predicts the critical batch size: below it, doubling the batch nearly
+halves the steps to a given loss; above it, extra samples per step are mostly wasted. It is estimated
+from squared gradient norms at two batch sizes on the same parameters (their appendix A). Rendering
+is in :mod:`batchtune.noise_report`, the efficiency and goodput arithmetic in :mod:`batchtune.goodput`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchtune.errors import BatchtuneError, UsageError
+from batchtune.goodput import GoodputCurve, goodput_curve
+
+log = logging.getLogger(__name__)
+
+CONFIDENCE = 0.95  # two-sided bootstrap interval of B_simple
+BOOTSTRAP = 2000
+
+
+# ----------------------------------------------------------------------------------- the estimator
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """B_simple with its parts and a bootstrap band; None where the gradient signal is not resolved."""
+
+    b_simple: float | None  # tr(Sigma) / |G|^2; None when the |G|^2 estimate is not positive
+    low: float | None
+    high: float | None  # None: unbounded (|G|^2 not resolved in part of the resamples)
+    grad_sq: float  # unbiased estimate of |G|^2, the true gradient's squared norm
+    trace_sigma: float  # unbiased estimate of tr(Sigma), the per-sample gradient variance
+    steps: int
+    b_small: int
+    b_big: int
+    confidence: float = CONFIDENCE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def unbiased_parts(small_sq: np.ndarray, big_sq: np.ndarray, b_small: int, b_big: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step unbiased estimates of |G|^2 and tr(Sigma) (McCandlish et al. 2018, appendix A.1).
+
+    E|G_B|^2 = |G|^2 + tr(Sigma)/B for a batch of B samples, so two batch sizes give
+    |G|^2 = (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small) and
+    tr(Sigma) = (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big).
+    """
+    grad_sq = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
+    trace = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)
+    return grad_sq, trace
+
+
+def estimate_from_norms(
+    small_sq: Sequence[float],
+    big_sq: Sequence[float],
+    b_small: int,
+    b_big: int,
+    *,
+    bootstrap: int = BOOTSTRAP,
+    seed: int = 0,
+) -> NoiseEstimate:
+    """B_simple from per-step squared gradient norms at two batch sizes.
+
+    Numerator and denominator are averaged over the steps separately before dividing (the ratio of
+    per-step estimates is biased and heavy-tailed; McCandlish et al. smooth both with moving averages).
+    The band is the percentile bootstrap over steps of the same ratio of means.
+    """
+    if b_big <= b_small:
+        raise ValueError("b_big must be larger than b_small")
+    small = np.asarray(small_sq, dtype=float)
+    big = np.asarray(big_sq, dtype=float)
+    if small.shape != big.shape or small.size < 2:
+        raise ValueError("need at least two steps with both norms")
+    g2, tr = unbiased_parts(small, big, b_small, b_big)
+    g2_mean, tr_mean = float(g2.mean()), float(tr.mean())
+    b_simple = tr_mean / g2_mean if g2_mean > 0 else None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, small.size, size=(bootstrap, small.size))
+    num = tr[idx].mean(axis=1)
+    den = g2[idx].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(den > 0, num / den, np.inf)
+    alpha = (1.0 - CONFIDENCE) / 2
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha], method="inverted_cdf")  # no interpolation across inf
+
+    def finite(v: float) -> float | None:
+        return float(v) if math.isfinite(v) else None
+
+    return NoiseEstimate(
+        b_simple=b_simple,
+        low=finite(float(low)),
+        high=finite(float(high)),
+        grad_sq=g2_mean,
+        trace_sigma=tr_mean,
+        steps=int(small.size),
+        b_small=b_small,
+        b_big=b_big,
+    )
+
+
+# ----------------------------------------------------------------------------------- the measurement
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """What ``batchtune noise`` measures. Mirrors the CLI flags."""
+
+    task_path: str
+    norm: str | None = None
+    lr: float | None = None  # training-burst learning rate; None: 0.05 (SGD) or 1e-3 (adaptive)
+    b_small: int = 16
+    b_big: int = 128
+    steps: int = 30
+    burst_epochs: float = 1.0
+    batch_sizes: tuple[int, ...] | None = None  # goodput candidates; None: powers of two from b_small
+    throughput_steps: int = 20
+    device: str = "auto"
+    seed: int = 0
+    threads: int | None = None
+    timeout: float | None = 1800.0
+
+    def validated(self) -> NoiseConfig:
+        if self.b_small < 1:
+            raise UsageError(f"--batch-small {self.b_small} must be at least 1")
+        if self.b_big <= self.b_small:
+            raise UsageError(
+                f"--batch-big {self.b_big} must be larger than --batch-small {self.b_small}; "
+                "the estimator needs two different batch sizes (e.g. 16 and 128)"
+            )
+        if self.steps < 2:
+            raise UsageError(f"--steps {self.steps} must be at least 2 (the estimate averages over steps)")
+        if not math.isfinite(self.burst_epochs) or self.burst_epochs < 0:
+            raise UsageError(f"--burst-epochs {self.burst_epochs:g} must be 0 or a positive number of epochs")
+        if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
+            raise UsageError(f"--lr {self.lr:g} must be a positive learning rate such as 0.05")
+        if self.throughput_steps < 4:
+            raise UsageError(f"--throughput-steps {self.throughput_steps} must be at least 4")
+        if self.batch_sizes is not None and (not self.batch_sizes or min(self.batch_sizes) < 1):
+            raise UsageError("--batch-sizes must be positive integers, e.g. 16,32,64")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads {self.threads} must be at least 1")
+        return replace(self)
+
+
+@dataclass(frozen=True)
+class NoisePhase:
+    """The noise scale at one point of training."""
+
+    label: str
+    epochs: float  # training epochs before the measurement
+    train_loss: float | None  # mean loss of the measured batches at this point
+    estimate: NoiseEstimate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "epochs": self.epochs, "train_loss": self.train_loss, **self.estimate.to_dict()}
+
+
+@dataclass(frozen=True)
+class GradientNoise:
+    """What the child process measured: the noise scale at initialisation and after the burst."""
+
+    norm: str
+    lr: float
+    b_small: int
+    b_big: int
+    phases: tuple[NoisePhase, ...]
+    train_size: int
+    device: str
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for a block and restore them (a process-wide knob)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _slice(obj: Any, start: int, stop: int) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj[start:stop]
+    if isinstance(obj, Mapping):
+        return {k: _slice(v, start, stop) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_slice(v, start, stop) for v in obj)
+    return obj
+
+
+def _grad_sq_norm(task: Any, model: Any, inputs: Any, target: Any) -> tuple[float, float]:
+    """Squared L2 norm of the loss gradient over all trainable parameters, and the loss."""
+    import torch
+
+    from batchtune.task import call_user, forward
+
+    model.zero_grad(set_to_none=True)
+    output = call_user(task, "model(input)", forward, model, inputs)
+    loss = call_user(task, "loss_fn(output, target)", task.loss_fn, output, target)
+    loss.backward()
+    total = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        if p.grad is not None:
+            total += p.grad.detach().double().pow(2).sum().cpu()
+    return float(total), float(loss.detach())
+
+
+def measure_norms(
+    task: Any, model: Any, batches: Iterator[tuple[Any, Any]], b_small: int, b_big: int, steps: int, device: Any
+) -> tuple[list[float], list[float], float]:
+    """Squared gradient norms at ``b_big`` and (averaged over its ``b_big // b_small`` chunks) at ``b_small``.
+
+    The parameters are not updated, so every step measures the same gradient distribution. Each big
+    batch is cut into disjoint small batches: each chunk's squared norm is an unbiased estimate of
+    E|G_small|^2, and their mean has less variance than one chunk.
+    """
+    from batchtune.train import to_device
+
+    model.train()
+    chunks = b_big // b_small
+    small_sq: list[float] = []
+    big_sq: list[float] = []
+    losses: list[float] = []
+    for _ in range(steps):
+        inputs, target = next(batches)
+        inputs, target = to_device(inputs, device), to_device(target, device)
+        big, loss = _grad_sq_norm(task, model, inputs, target)
+        parts = [
+            _grad_sq_norm(task, model, _slice(inputs, i * b_small, (i + 1) * b_small), _slice(target, i * b_small, (i + 1) * b_small))[0]
+            for i in range(chunks)
+        ]
+        if not (math.isfinite(big) and all(math.isfinite(p) for p in parts)):
+            raise BatchtuneError("the gradient became non-finite while measuring the noise scale; lower --lr or check the loss")
+        big_sq.append(big)
+        small_sq.append(float(np.mean(parts)))
+        losses.append(loss)
+    model.zero_grad(set_to_none=True)
+    return small_sq, big_sq, float(np.mean(losses))
+
+
+def measure_gradient_noise(
+    *,
+    task_path: str,
+    norm: str | None,
+    lr: float | None,
+    b_small: int,
+    b_big: int,
+    steps: int,
+    burst_epochs: float,
+    device: str,
+    seed: int,
+    threads: int | None,
+) -> GradientNoise:
+    """Measure B_simple on a fresh model at initialisation and after a short training burst.
+
+    Runs wherever it is called; :func:`run_noise` calls it in a child process. The burst trains
+    with the task's optimizer at ``b_small`` for ``burst_epochs`` epochs (shuffled, drop_last, as
+    the search trains), since the noise scale grows as the loss falls (McCandlish et al. 2018, sec. 3).
+    """
+    import torch
+
+    from batchtune.device import resolve_device
+    from batchtune.task import (
+        build_model,
+        build_optimizer,
+        call_user,
+        forward,
+        load_task,
+        make_dataset,
+        optimizer_family,
+        search_norms,
+    )
+    from batchtune.train import seed_everything, to_device, train_batches
+
+    with torch_threads(threads):
+        task = load_task(task_path)
+        dev = resolve_device(device)
+        chosen = search_norms(task, [norm] if norm else None)[0][0]
+        train = make_dataset(task, "train")
+        n = len(train)
+        if b_big > n:
+            raise UsageError(
+                f"--batch-big {b_big} is larger than the training set ({n} samples); pass --batch-big {n} or less"
+            )
+        if lr is None:
+            lr = 0.05 if optimizer_family(task) == "sgd" else 1e-3
+        seed_everything(seed)
+        model = build_model(task, chosen).to(dev)
+        measure_gen = torch.Generator().manual_seed(seed + 1)
+        batches = train_batches(train, b_big, measure_gen, pin=False)
+        phases = []
+        small, big, loss = measure_norms(task, model, batches, b_small, b_big, steps, dev)
+        phases.append(NoisePhase("initialisation", 0.0, loss, estimate_from_norms(small, big, b_small, b_big, seed=seed)))
+        if burst_epochs > 0:
+            optimizer = build_optimizer(task, model, lr)
+            burst_gen = torch.Generator().manual_seed(seed + 2)
+            total = max(1, round(burst_epochs * (n // b_small)))
+            model.train()
+            for step, (inputs, target) in zip(range(total), train_batches(train, b_small, burst_gen, pin=False)):
+                inputs, target = to_device(inputs, dev), to_device(target, dev)
+                optimizer.zero_grad(set_to_none=True)
+                out = call_user(task, "model(input)", forward, model, inputs)
+                step_loss = task.loss_fn(out, target)
+                if not math.isfinite(float(step_loss.detach())):
+                    raise BatchtuneError(
+                        f"the training burst diverged at step {step + 1} with --lr {lr:g}; pass a lower --lr"
+                    )
+                step_loss.backward()
+                optimizer.step()
+            del optimizer
+            small, big, loss = measure_norms(task, model, batches, b_small, b_big, steps, dev)
+            label = f"after {burst_epochs:g} epoch{'s' if burst_epochs != 1 else ''}"
+            phases.append(NoisePhase(label, burst_epochs, loss, estimate_from_norms(small, big, b_small, b_big, seed=seed)))
+        return GradientNoise(
+            norm=chosen, lr=float(lr), b_small=b_small, b_big=b_big, phases=tuple(phases), train_size=n, device=str(dev)
+        )
+
+
+# ----------------------------------------------------------------------------------- throughput
+
+
+def throughput_curve(
+    task_path: str,
+    sizes: Sequence[int],
+    *,
+    norm: str,
+    lr: float,
+    device: str = "cpu",
+    steps: int = 20,
+    seed: int = 0,
+    threads: int | None = None,
+    timeout: float | None = 600.0,
+) -> dict[int, float]:
+    """Training throughput (median samples/s) at each batch size, measured in a worker process.
+
+    A stand-in for the probe's throughput curve (issue 3): callers take a ``dict[int, float]`` and do
+    not care where it came from. Sizes that fail (OOM, errors) are left out and logged.
+    """
+    import os
+
+    from batchtune.train import TrialSpec
+    from batchtune.worker import TrialRunner
+
+    env = {}
+    if threads:
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    curve: dict[int, float] = {}
+    with TrialRunner(str(Path(task_path).resolve()), env=env) as runner:
+        for b in sorted(set(sizes)):
+            spec = TrialSpec(
+                batch_size=b, lr=lr, norm=norm, device=device, seed=seed, epochs=None, budget_samples=steps * b,
+                max_steps=steps, evaluate=False, threads=threads or max(1, (os.cpu_count() or 1)), warmup_steps=3,
+            )
+            result = runner.run(spec, timeout=timeout)
+            if result.ok and result.throughput:
+                curve[b] = float(result.throughput)
+            else:
+                log.warning("throughput at batch size %d not measured: %s %s", b, result.status, result.reason)
+    return curve
+
+
+# ----------------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True)
+class NoiseReport:
+    """Everything ``batchtune noise`` found: the noise scale by phase and the goodput curve."""
+
+    task: str
+    norm: str
+    device: str
+    lr: float
+    b_small: int
+    b_big: int
+    train_size: int
+    phases: tuple[NoisePhase, ...]
+    goodput: GoodputCurve | None
+    recommended: int | None = None  # the search's recommendation, when there is one
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def final(self) -> NoisePhase:
+        """The last phase measured: the one goodput uses."""
+        return self.phases[-1]
+
+    @property
+    def b_noise(self) -> float | None:
+        return self.final.estimate.b_simple
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "norm": self.norm,
+            "device": self.device,
+            "lr": self.lr,
+            "b_small": self.b_small,
+            "b_big": self.b_big,
+            "train_size": self.train_size,
+            "b_noise": self.b_noise,
+            "phases": [p.to_dict() for p in self.phases],
+            "goodput": self.goodput.to_dict() if self.goodput else None,
+            "recommended": self.recommended,
+            "notes": list(self.notes),
+        }
+
+
+def default_sizes(b_small: int, train_size: int, limit: int = 1024) -> tuple[int, ...]:
+    """Powers of two from ``b_small`` up to the training set size (at most ``limit``)."""
+    sizes = []
+    b = b_small
+    while b <= min(limit, train_size):
+        sizes.append(b)
+        b *= 2
+    return tuple(sizes)
+
+
+def make_goodput(
+    noise: GradientNoise | NoiseReport, throughput: Mapping[int, float], source: str
+) -> tuple[GoodputCurve | None, list[str]]:
+    """The goodput curve from the last measured phase, with notes on what could not be done."""
+    notes = []
+    phase = noise.phases[-1]
+    est = phase.estimate
+    if not throughput:
+        return None, ["no throughput was measured, so there is no goodput curve"]
+    b_noise = est.b_simple if est.b_simple is not None else math.inf
+    if est.b_simple is None:
+        notes.append(
+            f"|G|^2 was not resolved {phase.label} (its estimate is not positive): the gradient is mostly noise, "
+            "so efficiency is taken as 1 at every batch size; measure more --steps or after a longer --burst-epochs"
+        )
+    curve = goodput_curve(throughput, b_noise, band=(est.low, est.high), source=source)
+    return curve, notes
+
+
+def run_noise(
+    config: NoiseConfig,
+    *,
+    throughput: Mapping[int, float] | None = None,
+    throughput_source: str = "measured by batchtune noise",
+    recommended: int | None = None,
+    isolate: bool = True,
+) -> NoiseReport:
+    """Measure the noise scale (in a child process unless ``isolate=False``) and the goodput curve.
+
+    ``throughput`` replaces the throughput measurement (the search passes its trials' medians; the
+    probe's curve fits here too).
+    """
+    from batchtune.device import resolve_device
+
+    cfg = config.validated()
+    device = str(resolve_device(cfg.device))
+    kwargs = dict(
+        task_path=str(Path(cfg.task_path).resolve()), norm=cfg.norm, lr=cfg.lr, b_small=cfg.b_small, b_big=cfg.b_big,
+        steps=cfg.steps, burst_epochs=cfg.burst_epochs, device=device, seed=cfg.seed, threads=cfg.threads,
+    )
+    if isolate:
+        from batchtune.child import call_in_child
+
+        env = {"OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}
+        noise = call_in_child(
+            measure_gradient_noise, kwargs, env=env, timeout=cfg.timeout, what="the noise-scale measurement"
+        )
+    else:
+        noise = measure_gradient_noise(**kwargs)  # type: ignore[arg-type]
+    if throughput is None:
+        sizes = cfg.batch_sizes or default_sizes(cfg.b_small, noise.train_size)
+        too_big = [b for b in sizes if b > noise.train_size]
+        if too_big:
+            raise UsageError(
+                f"--batch-sizes {too_big[0]} is larger than the training set ({noise.train_size} samples); drop it"
+            )
+        throughput = throughput_curve(
+            cfg.task_path, sizes, norm=noise.norm, lr=noise.lr, device=device, steps=cfg.throughput_steps,
+            seed=cfg.seed, threads=cfg.threads, timeout=cfg.timeout,
+        )
+    curve, notes = make_goodput(noise, throughput, throughput_source)
+    return NoiseReport(
+        task=str(Path(cfg.task_path).resolve()), norm=noise.norm, device=noise.device, lr=noise.lr,
+        b_small=noise.b_small, b_big=noise.b_big, train_size=noise.train_size, phases=noise.phases,
+        goodput=curve, recommended=recommended, notes=tuple(notes),
+    )

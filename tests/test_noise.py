@@ -1,0 +1,145 @@
+"""The noise-scale estimators, the goodput arithmetic and the `batchtune noise` command."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+
+from batchtune.goodput import compare, efficiency, goodput_curve, hardware_knee
+from batchtune.noise import (
+    NoiseConfig,
+    estimate_from_norms,
+    measure_gradient_noise,
+    run_noise,
+    unbiased_parts,
+)
+from batchtune.noise_report import noise_markdown, noise_section
+
+
+def _synthetic_norms(rng, grad, noise_sd, b_small, b_big, steps):
+    """Squared norms of batch-mean gradients where each sample's gradient is grad + N(0, diag(noise_sd^2))."""
+    small, big = [], []
+    for _ in range(steps):
+        per_sample = grad + rng.normal(size=(b_big, grad.size)) * noise_sd
+        big.append(float(np.sum(per_sample.mean(axis=0) ** 2)))
+        chunks = per_sample.reshape(b_big // b_small, b_small, grad.size).mean(axis=1)
+        small.append(float(np.mean(np.sum(chunks**2, axis=1))))
+    return small, big
+
+
+def test_estimator_recovers_known_noise_scale():
+    rng = np.random.default_rng(0)
+    d = 20
+    grad = np.full(d, 1 / math.sqrt(d))  # |G|^2 = 1
+    noise_sd = np.full(d, math.sqrt(50 / d))  # tr(Sigma) = 50, so B_simple = 50
+    small, big = _synthetic_norms(rng, grad, noise_sd, 8, 64, 400)
+    est = estimate_from_norms(small, big, 8, 64)
+    assert est.grad_sq == pytest.approx(1.0, rel=0.15)
+    assert est.trace_sigma == pytest.approx(50.0, rel=0.1)
+    assert est.b_simple == pytest.approx(50.0, rel=0.15)
+    assert est.low < 50.0 < est.high and est.steps == 400
+
+
+def test_unbiased_parts_are_exact_on_expectations():
+    # E|G_B|^2 = |G|^2 + tr(Sigma)/B with |G|^2 = 2 and tr(Sigma) = 30.
+    g2, tr = unbiased_parts(np.array([2 + 30 / 5]), np.array([2 + 30 / 50]), 5, 50)
+    assert g2[0] == pytest.approx(2.0) and tr[0] == pytest.approx(30.0)
+
+
+def test_unresolved_signal_gives_no_value():
+    est = estimate_from_norms([10.0, 10.0, 10.0], [0.0, 0.0, 0.0], 1, 2)
+    assert est.b_simple is None and est.high is None
+    with pytest.raises(ValueError, match="b_big must be larger"):
+        estimate_from_norms([1.0, 1.0], [1.0, 1.0], 8, 8)
+
+
+def _linear_task(tasks):
+    spec = importlib.util.spec_from_file_location("noise_linear", tasks / "noise_linear.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_measurement_matches_linear_regression_theory(tasks):
+    theory = _linear_task(tasks)
+    x, y = theory.train_dataset().tensors
+    # The analytic value for this finite sample: per-sample gradients at w = 0.
+    g = -2 * y * x
+    expected = float(((g - g.mean(0)) ** 2).sum(1).mean() / (g.mean(0) ** 2).sum())
+    assert expected == pytest.approx(theory.EXPECTED_B_SIMPLE, rel=0.05)
+    result = measure_gradient_noise(
+        task_path=str(tasks / "noise_linear.py"), norm=None, lr=0.01, b_small=4, b_big=64, steps=150,
+        burst_epochs=0.05, device="cpu", seed=1, threads=1,
+    )
+    init, after = result.phases
+    assert init.label == "initialisation" and init.estimate.b_simple == pytest.approx(expected, rel=0.12)
+    # Training shrinks |G| while the label noise stays: the noise scale grows (McCandlish et al., sec. 3).
+    assert after.train_loss < init.train_loss
+    assert after.estimate.b_simple is None or after.estimate.b_simple > 2 * init.estimate.b_simple
+
+
+def test_efficiency_and_goodput_math():
+    assert efficiency(32, 100.0, 32) == 1.0
+    assert efficiency(64, 0.0, 32) == pytest.approx(0.5)  # no noise: a sample at 64 does half the work
+    assert efficiency(1024, math.inf, 32) == 1.0
+    assert efficiency(64, 100.0, 32) == pytest.approx(132 / 164)
+    sizes = [8, 16, 32, 64, 128, 256, 512]
+    # Throughput saturating as B/(B+64) and B_noise = 64: goodput ~ B/(B+64)^2 peaks at B = 64.
+    saturating = {b: 1000 * b / (b + 64) for b in sizes}
+    curve = goodput_curve(saturating, 64.0)
+    assert curve.best == 64 and curve.reference == 8
+    assert curve.goodput == pytest.approx(tuple(t * e for t, e in zip(curve.throughput, curve.efficiency)))
+    assert goodput_curve({b: 100.0 * b for b in sizes}, 64.0).best == 512  # perfect scaling: biggest wins
+    assert goodput_curve({b: 100.0 for b in sizes}, 64.0).best == 8  # flat throughput: smallest wins
+    band = goodput_curve(saturating, 64.0, band=(16.0, 256.0))
+    assert band.best_range[0] < 64 < band.best_range[1]
+
+
+def test_hardware_knee_and_comparison():
+    assert hardware_knee({8: 100, 16: 200, 32: 390, 64: 400, 128: 405}) == 32
+    assert hardware_knee({8: 100, 16: 200, 32: 400}) == 32  # never flattens: the largest
+    assert hardware_knee({8: 100}) is None
+    curve = goodput_curve({8: 100, 16: 200, 32: 390, 64: 400, 128: 405}, 32.0)
+    agree = " ".join(compare(curve, curve.best))
+    assert "agrees with goodput" in agree
+    differ = " ".join(compare(curve, 128))
+    assert "The search recommended 128" in differ and "larger than the goodput optimum" in differ
+
+
+def test_run_noise_in_process_and_section(tasks, tmp_path):
+    cfg = NoiseConfig(task_path=str(tasks / "noise_linear.py"), b_small=4, b_big=32, steps=20, burst_epochs=0,
+                      threads=1, device="cpu")
+    report = run_noise(cfg, throughput={16: 1000.0, 32: 1900.0, 64: 2000.0}, recommended=64, isolate=False)
+    assert report.goodput is not None and report.goodput.sizes == (16, 32, 64)
+    assert report.b_noise == report.phases[0].estimate.b_simple
+    payload = noise_section(report, tmp_path)
+    assert (tmp_path / "plots" / "goodput_vs_batch_size.png").stat().st_size > 0
+    json.dumps(payload, allow_nan=False)
+    assert payload["markdown"].startswith("## Gradient noise scale and goodput")
+    assert "The search recommended 64" in noise_markdown(report)
+
+
+def test_noise_cli_json(cli, tasks, workdir):
+    result = cli("noise", tasks / "noise_linear.py", "--batch-small", "4", "--batch-big", "32", "--steps", "8",
+                 "--burst-epochs", "0.01", "--batch-sizes", "16,64", "--throughput-steps", "6", "--threads", "1",
+                 "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [p["label"] for p in data["phases"]] == ["initialisation", "after 0.01 epochs"]
+    assert {"b_simple", "low", "high", "grad_sq", "trace_sigma", "steps", "train_loss"} <= set(data["phases"][0])
+    assert data["goodput"]["sizes"] == [16, 64] and data["goodput"]["best"] in (16, 64)
+    out = workdir / "reports" / "noise_linear"
+    assert (out / "noise.md").exists() and (out / "noise.json").exists()
+    assert (out / "plots" / "goodput_vs_batch_size.png").exists()
+
+
+def test_noise_cli_bad_input(cli, tasks):
+    same = cli("noise", tasks / "noise_linear.py", "--batch-small", "16", "--batch-big", "16")
+    assert same.exit_code == 2 and "--batch-big 16 must be larger than --batch-small 16" in same.output
+    # Raised in the child process, re-raised here with the same class and exit code.
+    big = cli("noise", tasks / "noise_linear.py", "--batch-big", "100000", "--steps", "2", "--threads", "1")
+    assert big.exit_code == 2 and "larger than the training set (8192 samples)" in big.output
