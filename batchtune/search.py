@@ -249,6 +249,12 @@ def _search(
     env = environment(device, threads=cpu_threads)
     direction = "maximize" if task.metric_mode == "max" else "minimize"
     study = open_study(cfg, [direction, "maximize", "minimize"])
+    if cfg.probe:
+        from batchtune.probe import probe_for_search
+
+        # Only sizes that fit with headroom are searched; the probe is stored in (and reused from) the study.
+        sizes = probe_for_search(study, cfg, sizes=sizes, norms=norms, device=str(device), threads=cpu_threads,
+                                 out_dir=Path(cfg.output_dir) / cfg.study_name if write_report else None)
     space = {
         "batch_sizes": list(sizes),
         "lr": [cfg.lr_min, cfg.lr_max],
