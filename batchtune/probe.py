@@ -653,26 +653,10 @@ def probe_for_search(
         )
         result = probe(pcfg)
     allowed = [c.recommended_max for c in result.curves if c.recommended_max is not None]
-    if not allowed:
-        reasons = "; ".join(f"{c.label}: {c.stop_reason}" for c in result.curves)
-        raise UsageError(
-            f"no batch size from {min(sizes)} up fits the memory limit with {cfg.headroom:.0%} headroom ({reasons}); "
-            "raise --memory-budget, lower --batch-size-min or --headroom, or pass --no-probe"
-        )
-    kept = tuple(s for s in sizes if s <= max(allowed))
-    if len(kept) < len(sizes):
-        log.warning(
-            "the probe leaves out batch sizes %s: above the recommended maximum %d (peak under %.0f%% of the %s)",
-            ",".join(str(s) for s in sizes if s not in kept), max(allowed), 100 * (1 - cfg.headroom),
-            result.settings.limit_source,
-        )
-    if not kept:
-        raise UsageError(
-            f"none of the batch sizes {', '.join(map(str, sizes))} fits: the probe's recommended maximum is "
-            f"{max(allowed)}; pass smaller --batch-sizes or a larger --memory-budget"
-        )
+    kept = tuple(s for s in sizes if allowed and s <= max(allowed))
     from batchtune.probe_report import render_markdown, write_probe_report
 
+    # Written and stored before any refusal below, so the report shows why nothing fits.
     plots: dict[str, Path] = {}
     if out_dir is not None:
         paths = write_probe_report(result, out_dir, plots=cfg.plots)
@@ -680,4 +664,17 @@ def probe_for_search(
     stored = dict(result.to_dict(), key=key, markdown=render_markdown(result, plots, out_dir, level=3))
     stored["allowed_batch_sizes"] = list(kept)
     study.set_user_attr("probe", stored)
+    if not kept:
+        why = "; ".join(f"{c.label}: {c.stop_reason}" for c in result.curves if c.recommended_max is None)
+        raise UsageError(
+            f"none of the batch sizes {', '.join(map(str, sizes))} fits the memory limit with {cfg.headroom:.0%} "
+            f"headroom ({why or f'the recommended maximum is {max(allowed)}'}); pass smaller sizes, a larger "
+            "--memory-budget or a smaller --headroom, or --no-probe to run the trials anyway"
+        )
+    if len(kept) < len(sizes):
+        log.warning(
+            "the probe leaves out batch sizes %s: above the recommended maximum %d (peak under %.0f%% of the %s)",
+            ",".join(str(s) for s in sizes if s not in kept), max(allowed), 100 * (1 - cfg.headroom),
+            result.settings.limit_source,
+        )
     return kept

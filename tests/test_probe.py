@@ -245,3 +245,11 @@ def test_probe_config_is_validated():
     with pytest.raises(UsageError, match="--knee 100% must be at least 0% and below 100%"):
         ProbeConfig(task_path="x.py", knee=1.0).validated()
     assert math.isclose(ProbeConfig(task_path="x.py").headroom, 0.10)
+
+
+def test_search_refuses_when_no_size_fits(cli, tasks, workdir, monkeypatch):
+    monkeypatch.setenv("BATCHTUNE_TEST_OOM_ABOVE", "64")
+    result = cli("search", tasks / "oom_above.py", "--trials", "1", "--batch-sizes", "128", "--norms", "none",
+                 "--epochs", "1", "--threads", "1", "--no-plots")
+    assert result.exit_code == 2
+    assert "none of the batch sizes 128 fits" in result.output and "--no-probe" in result.output
