@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchtuneError",
     "OutputError",
+    "ProbeConfig",
+    "ProbeResult",
     "SearchConfig",
     "SearchResult",
     "StorageError",
@@ -19,6 +21,7 @@ __all__ = [
     "Tolerance",
     "UsageError",
     "load_task",
+    "probe",
     "report",
     "search",
     "__version__",
@@ -34,6 +37,9 @@ _LAZY = {
     "Tolerance": "batchtune.config",
     "SearchResult": "batchtune.search",
     "search": "batchtune.api",
+    "probe": "batchtune.api",
+    "ProbeConfig": "batchtune.probe",
+    "ProbeResult": "batchtune.probe_result",
     "report": "batchtune.api",
     "load_task": "batchtune.task",
 }

@@ -59,7 +59,7 @@ class ProbeConfig:
     batch_size_max: int | None = None
     peak_flops: float | None = None
     threads: int | None = None
-    warmup_steps: int = 2  # each includes the optimizer step, so optimizer state exists before timing
+    warmup_steps: int = 2  # each includes the optimizer step; steps after the first stop at the time cap
     time_cap: float = 0.5  # seconds of timed steps per size, at most
     min_timed_steps: int = 5
     max_timed_steps: int = 100
@@ -235,7 +235,7 @@ def measure_size(
                  min_steps, max_steps, target_rel_iqr, count_flops, trackers, stopped, out)
     except KeyboardInterrupt:
         raise
-    except BaseException as exc:  # classified below, outside the except block
+    except BaseException as exc:  # noqa: BLE001 - classified below, outside the except block
         failure = exc
     if failure is not None:
         if is_oom(failure):
@@ -320,9 +320,14 @@ def _measure(
         else:
             optimizer.step()
 
+    # Warm-up: the first step creates the optimizer state and fills the allocator's caches; later ones
+    # are skipped once warm-up has used the time cap, so the largest sizes do not pay for it twice.
+    warm_start = time.perf_counter()
     for _ in range(warmup_steps):
         step()
-    synchronize(dev)
+        synchronize(dev)
+        if time.perf_counter() - warm_start >= time_cap:
+            break
     times: list[float] = []
     began = time.perf_counter()
     while True:
@@ -416,9 +421,9 @@ def probe(
     granularity = cfg.granularity or (8 if device.type in ("cuda", "mps") else 1)
     threads = cfg.threads or torch.get_num_threads()
     env = environment(device, threads=threads)
-    if cfg.memory_budget is not None:
-        limit, limit_source = cfg.memory_budget, "--memory-budget"
-    else:
+    limit: int | None = cfg.memory_budget
+    limit_source = "--memory-budget"
+    if limit is None:
         limit, limit_source = device_memory(device), "device memory"
     settings = ProbeSettings(
         norms=tuple(norms),

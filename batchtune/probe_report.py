@@ -123,10 +123,12 @@ def render_markdown(result: ProbeResult, plots: dict[str, Path], out_dir: Path |
     if standalone:
         lines += [f"# batchtune probe: {result.name}", ""]
     lines += [
-        f"Task `{result.task}` on **{env.get('device_name', s.device)}** (`{s.device}`), precisions "
-        f"{', '.join(s.precisions)}, {budget}, headroom {s.headroom:.0%}, knee {s.knee:.0%}, granularity "
-        f"{s.granularity}. {sum(c.measured_sizes for c in result.curves)} sizes measured in {result.wall_time_s:.1f} s; "
-        f"every size in the tables below was run, none is extrapolated.",
+        (
+            f"Task `{result.task}` on **{env.get('device_name', s.device)}** (`{s.device}`), precisions "
+            f"{', '.join(s.precisions)}, {budget}, headroom {s.headroom:.0%}, knee {s.knee:.0%}, granularity "
+            f"{s.granularity}. {sum(c.measured_sizes for c in result.curves)} sizes measured in "
+            f"{result.wall_time_s:.1f} s; every size in the tables below was run, none is extrapolated."
+        ),
         "",
         f"{top} Summary",
         "",
@@ -146,8 +148,10 @@ def render_markdown(result: ProbeResult, plots: dict[str, Path], out_dir: Path |
                 else ""
             )
             lines += [
-                f"Memory model: peak = {format_bytes(m.fixed_bytes)} + {format_bytes(m.per_sample_bytes)} x batch "
-                f"(least squares over {m.n_points} sizes{r2}){predicted}.",
+                (
+                    f"Memory model: peak = {format_bytes(m.fixed_bytes)} + {format_bytes(m.per_sample_bytes)} "
+                    f"x batch (least squares over {m.n_points} sizes{r2}){predicted}."
+                ),
                 "",
             ]
         fails = [p for p in c.points if not p.fits]
@@ -193,17 +197,28 @@ def render_markdown(result: ProbeResult, plots: dict[str, Path], out_dir: Path |
     lines += [
         f"{top} How to read this",
         "",
-        "- *largest fit*: the largest size that trained, evaluated and stayed under the memory budget; the "
-        "next size up that was measured did not.",
-        f"- *recommended max*: the largest measured size whose peak stays under {1 - s.headroom:.0%} of the "
-        f"limit ({s.limit_source}), leaving room for fragmentation, longer inputs and other processes.",
-        f"- *knee*: the smallest size within {s.knee:.0%} of the best throughput; bigger sizes buy memory "
-        "use, not speed.",
-        "- *samples/s* is the batch size over the median of synchronised step times, each step including "
-        f"the optimizer update, after {s.warmup_steps} warm-up steps; timing stops once IQR/median is under "
-        f"{s.target_rel_iqr:.0%} or after {s.time_cap_s:g} s.",
-        "- *peak memory* is the larger of the training and evaluation peaks: `torch.cuda.max_memory_allocated` "
-        "on CUDA (reserved memory is in probe.json), the process's peak resident memory on the CPU.",
+        (
+            "- *largest fit*: the largest size that trained, evaluated and stayed under the memory budget; "
+            "the next size up that was measured did not."
+        ),
+        (
+            f"- *recommended max*: the largest measured size whose peak stays under {1 - s.headroom:.0%} of "
+            f"the limit ({s.limit_source}), leaving room for fragmentation, longer inputs and other processes."
+        ),
+        (
+            f"- *knee*: the smallest size within {s.knee:.0%} of the best throughput; bigger sizes buy "
+            "memory use, not speed."
+        ),
+        (
+            "- *samples/s* is the batch size over the median of synchronised step times, each step including "
+            f"the optimizer update, after {s.warmup_steps} warm-up steps; timing stops once IQR/median is "
+            f"under {s.target_rel_iqr:.0%} or after {s.time_cap_s:g} s."
+        ),
+        (
+            "- *peak memory* is the larger of the training and evaluation peaks: "
+            "`torch.cuda.max_memory_allocated` on CUDA (reserved memory is in probe.json), the process's peak "
+            "resident memory on the CPU."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -271,23 +286,23 @@ def probe_plots(result: ProbeResult, out: Path) -> dict[str, Path]:
     mib = 2**20
     top = 0.0
     for c in result.curves:
-        ran = [p for p in c.points if p.peak_memory_bytes and p.status in ("ok", "over-budget")]
+        ran = [(p, float(p.peak_memory_bytes)) for p in c.points if p.peak_memory_bytes and _ran(p)]
         if not ran:
             continue
-        (line,) = ax.plot([p.batch_size for p in ran], [p.peak_memory_bytes / mib for p in ran], ".",  # type: ignore[operator]
-                          markersize=8, label=c.label)
-        top = max(top, max(p.peak_memory_bytes for p in ran))  # type: ignore[type-var]
-        over = [p for p in ran if not p.fits]
+        (line,) = ax.plot([p.batch_size for p, _ in ran], [m / mib for _, m in ran], ".", markersize=8,
+                          label=c.label)
+        top = max(top, max(m for _, m in ran))
+        over = [(p, m) for p, m in ran if not p.fits]
         if over:
-            ax.scatter([p.batch_size for p in over], [p.peak_memory_bytes / mib for p in over], marker="x",  # type: ignore[operator]
+            ax.scatter([p.batch_size for p, _ in over], [m / mib for _, m in over], marker="x",
                        color=line.get_color(), zorder=5)
-        m = c.memory_model
-        if m is not None:
+        model = c.memory_model
+        if model is not None:
             import numpy as np
 
-            xs = np.geomspace(min(p.batch_size for p in ran), max(p.batch_size for p in ran), 50)
-            ax.plot(xs, [m.predict(x) / mib for x in xs], "--", color=line.get_color(), alpha=0.7,
-                    label=f"{c.label} fit: {format_bytes(m.fixed_bytes)} + {format_bytes(m.per_sample_bytes)}/sample")
+            xs = np.geomspace(min(p.batch_size for p, _ in ran), max(p.batch_size for p, _ in ran), 50)
+            ax.plot(xs, [model.predict(x) / mib for x in xs], "--", color=line.get_color(), alpha=0.7,
+                    label=f"{c.label} fit: {format_bytes(model.fixed_bytes)} + {format_bytes(model.per_sample_bytes)}/sample")
     if s.limit_bytes and (s.memory_budget_bytes or s.limit_bytes <= 2 * top):
         ax.axhline(s.limit_bytes / mib, color="red", linewidth=1, label=f"{s.limit_source} {format_bytes(s.limit_bytes)}")
         ax.axhline((1 - s.headroom) * s.limit_bytes / mib, color="red", linestyle=":", linewidth=1,

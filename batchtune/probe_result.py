@@ -261,7 +261,7 @@ def fit_memory_model(points: Sequence[ProbePoint], limit_bytes: int | None) -> M
     predicted = None
     if limit_bytes is not None and slope > 0:
         # The small epsilon keeps an exact fit from flooring one below its true value.
-        predicted = max(0, int(math.floor((limit_bytes - intercept) / slope + 1e-9)))
+        predicted = max(0, math.floor((limit_bytes - intercept) / slope + 1e-9))
     return MemoryModel(
         fixed_bytes=float(intercept),
         per_sample_bytes=float(slope),

@@ -11,9 +11,15 @@ import torch
 from batchtune.errors import UsageError
 from batchtune.flops import count_training_flops, device_peak, table_peak
 from batchtune.probe import ProbeConfig, SizeSearch, probe, size_bound
-from batchtune.probe_result import ProbePoint, fit_memory_model, knee, largest_fit, recommended_max
+from batchtune.probe_result import (
+    ProbePoint,
+    fit_memory_model,
+    knee,
+    largest_fit,
+    recommended_max,
+)
 
-FAST = dict(threads=1, time_cap=0.05, matmul_seconds=0.02)
+FAST = {"threads": 1, "time_cap": 0.05, "matmul_seconds": 0.02}
 
 
 def _run_search(maximum: int, low: int, ceiling: int, granularity: int) -> SizeSearch:
