@@ -14,9 +14,10 @@ import resource
 import time
 from pathlib import Path
 
+from tabulate import tabulate
+
 from batchtune.probe import ProbeConfig, probe
 from batchtune.probe_report import summary_rows, terminal_table
-from tabulate import tabulate
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits_cnn.py"
 
