@@ -393,9 +393,12 @@ def probe(
     *,
     on_point: PointCallback | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
+    runner: Any = None,
 ) -> ProbeResult:
     """Probe every normalization and precision of ``config``; see the module docstring.
 
+    ``runner`` is a :class:`~batchtune.worker.TrialRunner` of the same task to measure in (the caller
+    closes it); by default the probe starts its own worker and closes it at the end.
     Raises :class:`~batchtune.errors.BatchtuneError` subclasses for bad input; out-of-memory and
     failures at a batch size are results (points that do not fit), not exceptions.
     """
@@ -451,8 +454,9 @@ def probe(
             "On the CPU, peak memory is the peak resident set size of the measuring process (torch and the "
             "datasets included), reset before each size; a --memory-budget is enforced against it."
         )
-    run_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    runner = TrialRunner(str(task.path), env=run_env)
+    own_runner = runner is None
+    if own_runner:
+        runner = TrialRunner(str(task.path), env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     curves: list[ProbeCurve] = []
     try:
         for precision in cfg.precisions:
@@ -470,7 +474,8 @@ def probe(
                                  threads, matmul, peak.flops, peak.source, on_point)
                 )
     finally:
-        runner.close()
+        if own_runner:
+            runner.close()
     return ProbeResult(
         task=str(task.path),
         name=cfg.report_name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import math
 
@@ -18,8 +20,25 @@ from batchtune.probe_result import (
     largest_fit,
     recommended_max,
 )
+from batchtune.worker import CallResult, TrialRunner, WorkerContext
 
 FAST = {"threads": 1, "time_cap": 0.05, "matmul_seconds": 0.02}
+
+
+class _InProcess:
+    """Runs the worker's calls in this process: for the fake OOMs, which need no process isolation."""
+
+    def __init__(self, task_path):
+        self.context = WorkerContext(str(task_path), None, None)
+
+    def call(self, target, *, timeout=None, **kwargs):
+        module, _, name = target.partition(":")
+        threads = torch.get_num_threads()
+        try:
+            return CallResult("ok", value=getattr(importlib.import_module(module), name)(self.context, **kwargs))
+        finally:
+            torch.set_num_threads(threads)  # the measuring functions set the worker's thread count
+            gc.unfreeze()  # and freeze the worker's long-lived objects
 
 
 def _run_search(maximum: int, low: int, ceiling: int, granularity: int) -> SizeSearch:
@@ -130,8 +149,9 @@ def test_probe_treats_every_oom_message_as_not_fitting(tasks, monkeypatch, kind,
     monkeypatch.setenv("BATCHTUNE_TEST_OOM_ABOVE", "37")
     monkeypatch.setenv("BATCHTUNE_TEST_OOM_KIND", kind)
     monkeypatch.setenv("BATCHTUNE_TEST_OOM_WHERE", where)
-    result = probe(ProbeConfig(task_path=str(tasks / "oom_above.py"), norms=("none",), batch_size_min=32,
-                               granularity=1, **FAST))
+    path = tasks / "oom_above.py"
+    result = probe(ProbeConfig(task_path=str(path), norms=("none",), batch_size_min=32, granularity=1, **FAST),
+                   runner=_InProcess(path))
     (curve,) = result.curves
     assert curve.largest_fit == 37
     assert [p.batch_size for p in curve.points if p.fits] == [32, 36, 37]
@@ -153,15 +173,16 @@ def test_a_killed_worker_is_a_size_that_does_not_fit(tasks, monkeypatch):
 
 
 def test_cpu_memory_budget_is_enforced_by_measured_peak(tasks):
-    base = dict(task_path=str(tasks / "wide_mlp.py"), norms=("none",), **FAST)
-    free = probe(ProbeConfig(batch_size_min=16, batch_size_max=256, **base)).curves[0]
-    assert free.largest_fit == 256
-    peaks = {p.batch_size: p.peak_memory_bytes for p in free.points}
-    assert peaks[256] > peaks[128] > peaks[64] > peaks[16]
-    budget = (peaks[64] + peaks[128]) // 2
-    granularity = 8
-    curve = probe(ProbeConfig(batch_size_min=16, memory_budget=budget, granularity=granularity, headroom=0.0,
-                              **base)).curves[0]
+    base = {"task_path": str(tasks / "wide_mlp.py"), "norms": ("none",), **FAST}
+    with TrialRunner(base["task_path"], env={"OMP_NUM_THREADS": "1"}) as runner:
+        free = probe(ProbeConfig(batch_size_min=16, batch_size_max=256, **base), runner=runner).curves[0]
+        assert free.largest_fit == 256
+        peaks = {p.batch_size: p.peak_memory_bytes for p in free.points}
+        assert peaks[256] > peaks[128] > peaks[64] > peaks[16]
+        budget = (peaks[64] + peaks[128]) // 2
+        granularity = 8
+        config = ProbeConfig(batch_size_min=16, memory_budget=budget, granularity=granularity, headroom=0.0, **base)
+        curve = probe(config, runner=runner).curves[0]
     best = curve.point(curve.largest_fit)
     assert best is not None and best.fits and best.peak_memory_bytes <= budget
     above = curve.point(curve.largest_fit + granularity)
