@@ -476,6 +476,13 @@ def probe(
     finally:
         if own_runner:
             runner.close()
+    over = sorted({c.label for c in curves for p in c.points if (p.matmul_utilisation or 0) > 1})
+    if over:
+        notes.append(
+            f"{', '.join(over)}: the model beat the measured matmul ceiling (over 100%): the square matmuls "
+            "of the ceiling run slower than the model's shapes here, or the device was busy while the "
+            "ceiling was measured. Read that column as relative between sizes."
+        )
     return ProbeResult(
         task=str(task.path),
         name=cfg.report_name,
@@ -664,15 +671,12 @@ def probe_for_search(
         result = probe(pcfg)
     allowed = [c.recommended_max for c in result.curves if c.recommended_max is not None]
     kept = tuple(s for s in sizes if allowed and s <= max(allowed))
-    from batchtune.probe_report import render_markdown, write_probe_report
+    from batchtune.probe_report import write_probe_report
 
     # Written and stored before any refusal below, so the report shows why nothing fits.
-    plots: dict[str, Path] = {}
     if out_dir is not None:
-        paths = write_probe_report(result, out_dir, plots=cfg.plots)
-        plots = {k.split(":", 1)[1]: v for k, v in paths.items() if k.startswith("plot:")}
-    stored = dict(result.to_dict(), key=key, markdown=render_markdown(result, plots, out_dir, level=3))
-    stored["allowed_batch_sizes"] = list(kept)
+        write_probe_report(result, out_dir, plots=cfg.plots)
+    stored = dict(_compact(result.to_dict()), key=key, allowed_batch_sizes=list(kept))
     study.set_user_attr("probe", stored)
     if not kept:
         why = "; ".join(f"{c.label}: {c.stop_reason}" for c in result.curves if c.recommended_max is None)
@@ -688,3 +692,15 @@ def probe_for_search(
             result.settings.limit_source,
         )
     return kept
+
+
+def _compact(value: Any) -> Any:
+    """probe.json made smaller for a study attribute (MySQL's TEXT holds 64 KiB): nulls dropped from
+    dicts, floats rounded to 6 significant digits. :meth:`ProbeResult.from_dict` reads it back."""
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    if isinstance(value, float) and value and math.isfinite(value):
+        return float(f"{value:.6g}")
+    return value

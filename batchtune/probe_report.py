@@ -224,6 +224,16 @@ def render_markdown(result: ProbeResult, plots: dict[str, Path], out_dir: Path |
     return "\n".join(lines)
 
 
+def probe_section(data: dict[str, Any], out_dir: Path) -> str:
+    """The "Probe" section of a search's report.md, from the probe stored in the study (summary["probe"])."""
+    if "curves" not in data:
+        return str(data.get("markdown", ""))
+    result = ProbeResult.from_dict(data)
+    names = ("throughput", "memory", "utilisation")
+    plots = {n: out_dir / "plots" / f"probe_{n}_vs_batch_size.png" for n in names}
+    return render_markdown(result, {n: p for n, p in plots.items() if p.exists()}, out_dir, level=3)
+
+
 # ------------------------------------------------------------------------------------------ plots
 
 

@@ -153,7 +153,9 @@ def render_markdown(result: Any, plots: dict[str, Path], out_dir: Path) -> str:
     ]
     extra = s.get("probe")
     if extra:
-        lines += ["## Probe", "", str(extra.get("markdown", "")), ""]
+        from batchtune.probe_report import probe_section
+
+        lines += ["## Probe", "", probe_section(extra, out_dir), ""]
     if plots:
         lines += ["## Plots", ""]
         for name, path in plots.items():
