@@ -64,7 +64,7 @@ def curve_rows(curve: ProbeCurve) -> list[dict[str, str]]:
                 "IQR ms": _num(p.step_time_iqr * 1e3 if p.step_time_iqr is not None else None, ".2g"),
                 # A size that failed part-way has no meaningful peak; probe.json keeps what was seen.
                 "peak memory": format_bytes(p.peak_memory_bytes) if _ran(p) and p.peak_memory_bytes else "",
-                label: _num(util, ".1%"),
+                label: f"{100 * util:.3g}%" if util is not None else "",
                 "fits": "yes" if p.fits else p.status,
                 "": marks(curve, p.batch_size),
             }
