@@ -27,6 +27,27 @@ def search(task: str | Path, **options: Any) -> Any:
     return run_search(config, on_event=on_event)
 
 
+def probe(task: str | Path, *, write: bool = True, **options: Any) -> Any:
+    """Run ``batchtune probe`` from Python and return a :class:`~batchtune.probe_result.ProbeResult`.
+
+    Keyword options are the fields of :class:`~batchtune.probing.ProbeConfig` (``precisions=``,
+    ``memory_budget=``, ``headroom=``...). With ``write`` the report goes to ``<output_dir>/<name>/``.
+    """
+    from batchtune.probe_report import write_probe_report
+    from batchtune.probing import ProbeConfig
+    from batchtune.probing import probe as run_probe
+
+    for key in ("norms", "precisions"):
+        if isinstance(options.get(key), (list, str)):
+            value = options[key]
+            options[key] = tuple(value.split(",") if isinstance(value, str) else value)
+    config = ProbeConfig(task_path=str(task), **options)
+    result = run_probe(config)
+    if write:
+        write_probe_report(result, Path(config.output_dir) / config.report_name, plots=config.plots)
+    return result
+
+
 def report(
     *,
     study: str,

@@ -19,7 +19,13 @@ import click
 
 from batchtune import __version__
 from batchtune.errors import BatchtuneError
-from batchtune.units import format_bytes, parse_size, redact_url
+from batchtune.units import (
+    format_bytes,
+    parse_flops,
+    parse_fraction,
+    parse_size,
+    redact_url,
+)
 
 
 class Failure(click.ClickException):
@@ -82,6 +88,24 @@ def _size(ctx: Any, param: Any, value: str | None) -> int | None:
         return None
     try:
         return parse_size(value, option=param.opts[0])
+    except BatchtuneError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _fraction(ctx: Any, param: Any, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_fraction(value, option=param.opts[0])
+    except BatchtuneError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _flops(ctx: Any, param: Any, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_flops(value, option=param.opts[0])
     except BatchtuneError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -153,6 +177,8 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--doctor/--no-doctor", default=True, show_default=True, help="Run the batch doctor first (see `batchtune check`)."),
         click.option("--noise", is_flag=True, help="Measure the gradient noise scale and goodput after the trials (see `batchtune noise`)."),
         click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of the table."),
+        click.option("--no-probe", is_flag=True, help="Skip the probe that drops batch sizes which do not fit (see `batchtune probe`)."),
+        click.option("--headroom", callback=_fraction, default="10%", show_default=True, help="Memory kept free: the probe allows sizes whose peak stays under (1 - headroom) of the budget or device memory."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -174,6 +200,7 @@ def search(task: str, **opts: Any) -> None:
     if opts["epochs"] is None:
         opts["epochs"] = None if opts["budget_samples"] is not None else 3.0
     opts["precisions"] = opts["precisions"] or ("fp32",)
+    opts["probe"] = not opts.pop("no_probe")
     config = SearchConfig(task_path=task, plots=plots, **opts)
     _run_search(config, as_json)
 
@@ -250,6 +277,68 @@ def _render_result(result: Any, as_json: bool) -> None:
     if any(n.startswith("plot:") for n in result.paths):
         plots = sorted({str(p.parent) for n, p in result.paths.items() if n.startswith("plot:")})
         click.echo(f"wrote plots under {', '.join(plots)}")
+
+
+# ------------------------------------------------------------------------------------------ probe
+
+
+@cli.command()
+@click.argument("task", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--norms", callback=_str_list, default=None, help="Normalization choices to probe, e.g. batch,group [default: all the task allows].")
+@click.option("--precision", "precisions", callback=_str_list, default="fp32", show_default=True, help="Comma-separated fp32,bf16,fp16; each is its own curve (autocast).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--memory-budget", callback=_size, default=None, help="Peak memory limit, e.g. 6GiB; sizes above it do not fit.")
+@click.option("--headroom", callback=_fraction, default="10%", show_default=True, help="Recommended maximum: peak under (1 - headroom) of the budget or device memory.")
+@click.option("--knee", callback=_fraction, default="5%", show_default=True, help="Knee: smallest size within this of the best throughput.")
+@click.option("--granularity", type=int, default=None, help="Bisect down to this gap [default: 8 on a GPU, 1 elsewhere].")
+@click.option("--batch-size-min", type=int, default=8, show_default=True, help="First size; the probe doubles from it.")
+@click.option("--batch-size-max", type=int, default=None, help="Largest size to try [default: the training set size].")
+@click.option("--peak-flops", callback=_flops, default=None, help="Peak FLOP/s for MFU, e.g. 312T [default: the datasheet table].")
+@click.option("--threads", type=int, default=None, help="CPU threads [default: torch's default].")
+@click.option("--time-cap", type=float, default=0.5, show_default=True, help="Seconds of timed steps per size, at most.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", "output_dir", default="reports", show_default=True, help="Folder for reports.")
+@click.option("--name", default=None, help="Report folder name [default: the task file's stem].")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--json", "as_json", is_flag=True, help="Print probe.json to stdout instead of the table.")
+@handle_errors
+def probe(task: str, output_dir: str, no_plots: bool, as_json: bool, **opts: Any) -> None:
+    """Measure which batch sizes fit TASK on this device, how fast each trains, and where speed stops growing."""
+    from batchtune.probe_report import terminal_table, write_probe_report
+    from batchtune.probing import ProbeConfig
+    from batchtune.probing import probe as run_probe
+
+    config = ProbeConfig(task_path=task, output_dir=output_dir, plots=not no_plots, **opts)
+
+    def on_start(info: dict[str, Any]) -> None:
+        click.echo(
+            f"probing {Path(task).name} on {info['device']}: norms {','.join(info['norms'])}; precisions "
+            f"{','.join(info['precisions'])}; sizes {config.batch_size_min}..{info['ceiling']}, granularity "
+            f"{info['granularity']}; limit {format_bytes(info['limit_bytes'])} ({info['limit_source']})",
+            err=True,
+        )
+
+    def on_point(norm: str, precision: str, p: Any) -> None:
+        what = f"{norm:<8} {precision:<5} batch {p.batch_size:>6}"
+        if p.fits:
+            detail = f"{p.throughput:>12,.0f} samples/s  {format_bytes(p.peak_memory_bytes):>10}"
+        else:
+            detail = f"does not fit: {p.status}: {(p.reason or '')[:80]}"
+        click.echo(f"  {what}  {detail}", err=True)
+
+    result = run_probe(config, on_point=on_point, on_start=on_start)
+    paths = write_probe_report(result, Path(output_dir) / config.report_name, plots=not no_plots)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo("")
+    click.echo(terminal_table(result))
+    click.echo("")
+    for name, path in paths.items():
+        if not name.startswith("plot:"):
+            click.echo(f"wrote {path}")
+    if any(n.startswith("plot:") for n in paths):
+        click.echo(f"wrote plots under {Path(output_dir) / config.report_name / 'plots'}")
 
 
 # ----------------------------------------------------------------------------------------- report

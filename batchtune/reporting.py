@@ -240,7 +240,9 @@ def render_markdown(result: Any, plots: dict[str, Path], out_dir: Path) -> str:
     ]
     extra = s.get("probe")
     if extra:
-        lines += ["## Probe", "", str(extra.get("markdown", "")), ""]
+        from batchtune.probe_report import probe_section
+
+        lines += ["## Probe", "", probe_section(extra, out_dir), ""]
     for key in ("doctor", "noise"):  # sections rendered when measured (batchtune.doctor_report, noise_report)
         section = s.get(key)
         if section and section.get("markdown"):

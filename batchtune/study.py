@@ -258,22 +258,33 @@ def _search(
     val_size = len(make_dataset(task, "val"))
     sizes = batch_size_choices(cfg, train_size)
     family = optimizer_family(task)
-    plan = _trial_plan(cfg, sizes, train_size, family, task.metric_mode)
-    sizes = plan.sizes
+    _trial_plan(cfg, sizes, train_size, family, task.metric_mode)  # bad plan options fail before the study opens
 
     gpus = _gpu_ids(cfg.device, device)
     workers = cfg.workers if cfg.workers is not None else max(1, len(gpus))
     cpu_threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
     env = environment(device, threads=cpu_threads)
     direction = "maximize" if task.metric_mode == "max" else "minimize"
+    study = open_study(cfg, ["minimize"] if cfg.objective == "time-to-target" else [direction, "maximize", "minimize"])
+    micro_max = None
+    if cfg.probe:
+        from batchtune.probing import probe_for_search
+
+        # Only sizes that fit with headroom are searched; the probe is stored in (and reused from) the study.
+        fitting = probe_for_search(study, cfg, sizes=sizes, norms=norms, device=str(device), threads=cpu_threads,
+                                   out_dir=Path(cfg.output_dir) / cfg.study_name if write_report else None)
+        # The probed maximum is the micro-batch limit: with --accumulate, powers of two go on doubling
+        # past it, and explicit --batch-sizes above it are accumulated.
+        micro_max = max(fitting)
+        sizes = sizes if cfg.accumulate > 1 and cfg.batch_sizes is not None else fitting
+    plan = _trial_plan(cfg, sizes, train_size, family, task.metric_mode, micro_max=micro_max)
+    sizes = plan.sizes
     if plan.objective == "time-to-target":
         from batchtune.target import first_rung_samples, make_pruner
 
-        study = open_study(cfg, ["minimize"], pruner=make_pruner(
+        study.pruner = make_pruner(
             first_rung_samples(sizes, train_size, cfg.eval_every, cfg.budget_samples or (cfg.epochs or 1.0) * train_size)
-        ))
-    else:
-        study = open_study(cfg, [direction, "maximize", "minimize"])
+        )
     space = {
         "batch_sizes": list(sizes),
         "lr": [cfg.lr_min, cfg.lr_max],
@@ -394,13 +405,20 @@ def _gpu_ids(requested: str, device: Any) -> list[int]:
     return [device.index or 0]
 
 
-def _trial_plan(cfg: SearchConfig, sizes: tuple[int, ...], train_size: int, family: str, mode: str) -> TrialPlan:
-    """The LR rule, accumulation splits and objective of this study (batchtune.plan)."""
+def _trial_plan(
+    cfg: SearchConfig, sizes: tuple[int, ...], train_size: int, family: str, mode: str, micro_max: int | None = None
+) -> TrialPlan:
+    """The LR rule, accumulation splits and objective of this study (batchtune.plan).
+
+    ``micro_max`` is the largest micro-batch that fits (the probe's); without it, the largest
+    searched size, or --batch-size-max with explicit --batch-sizes.
+    """
     from batchtune import lr_rule
     from batchtune.accumulate import plan as accumulation_plan
     from batchtune.plan import TrialPlan
 
-    micro_max = max(sizes) if cfg.batch_sizes is None else (cfg.batch_size_max or max(sizes))
+    if micro_max is None:
+        micro_max = max(sizes) if cfg.batch_sizes is None else (cfg.batch_size_max or max(sizes))
     splits = accumulation_plan(
         sizes, max_steps=cfg.accumulate, micro_max=micro_max, train_size=train_size, explicit=cfg.batch_sizes is not None
     )

@@ -64,6 +64,21 @@ def parse_fraction(text: str, *, option: str) -> float:
     return value
 
 
+_FLOPS_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgtp]?)(?:flop/?s|flops)?\s*$", re.IGNORECASE)
+_FLOPS_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
+
+
+def parse_flops(text: str, *, option: str = "--peak-flops") -> float:
+    """Parse ``312e12``, ``312T`` or ``312 TFLOPS`` into FLOP/s."""
+    match = _FLOPS_RE.match(str(text))
+    if not match:
+        raise UsageError(f"{option} {text!r} is not a FLOP/s figure; write it like 312e12, 312T or 312TFLOPS")
+    value = float(match.group(1)) * _FLOPS_UNITS[match.group(2).lower()]
+    if value <= 0:
+        raise UsageError(f"{option} {text!r} must be larger than zero; for example 312T")
+    return value
+
+
 _URL_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
 
 

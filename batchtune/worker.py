@@ -11,7 +11,7 @@ import multiprocessing as mp
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from batchtune.train import TrialResult, TrialSpec
@@ -46,6 +46,10 @@ def _worker_main(conn: Any, task_path: str, env: dict[str, str]) -> None:
             return
         if message[0] == "stop":
             return
+        if message[0] == "call":
+            context = WorkerContext(task_path, task, datasets)
+            conn.send(_call(message[1], message[2], context))
+            continue
         spec = TrialSpec(**message[1])
 
         def report(step: int, value: float) -> bool:
@@ -54,6 +58,61 @@ def _worker_main(conn: Any, task_path: str, env: dict[str, str]) -> None:
 
         result = run_trial(task, spec, datasets[0], datasets[1], report=report)
         conn.send(("done", result.to_dict()))
+
+
+class WorkerContext:
+    """What a function run by :meth:`TrialRunner.call` gets: the task and its datasets, loaded once per worker."""
+
+    def __init__(self, task_path: str, task: Any, datasets: tuple[Any, Any] | None) -> None:
+        self.task_path = task_path
+        self._task = task
+        self._datasets = datasets
+
+    @property
+    def task(self) -> Any:
+        if self._task is None:
+            from batchtune.task import load_task
+
+            self._task = load_task(self.task_path)
+        return self._task
+
+    @property
+    def datasets(self) -> tuple[Any, Any]:
+        if self._datasets is None:
+            from batchtune.task import make_dataset
+
+            self._datasets = (make_dataset(self.task, "train"), make_dataset(self.task, "val"))
+        return self._datasets
+
+
+def _call(target: str, kwargs: dict[str, Any], context: WorkerContext) -> tuple[str, Any]:
+    """Run ``module:function(context, **kwargs)`` in the worker; its exceptions come back as one line."""
+    import importlib
+
+    from batchtune.errors import BatchtuneError
+
+    module, _, name = target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+        return ("result", fn(context, **kwargs))
+    except BatchtuneError as exc:
+        return ("error", str(exc))
+    except Exception as exc:  # reported to the coordinator, which decides what it means
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return ("error", f"{type(exc).__name__}: {first}")
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """The outcome of :meth:`TrialRunner.call`: ``ok`` with a value, or ``error``/``failed``/``timeout`` with a reason."""
+
+    status: str
+    value: Any = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
 
 def _signal_name(code: int | None) -> str:
@@ -165,6 +224,40 @@ class TrialRunner:
         proc = self._proc
         if proc is not None and proc.is_alive():
             proc.kill()
+
+    def call(self, target: str, *, timeout: float | None = None, **kwargs: Any) -> CallResult:
+        """Run ``target`` (``"module:function"``) in the worker as ``function(context, **kwargs)``.
+
+        The function gets a :class:`WorkerContext`; its return value must pickle. A dead or hung
+        worker becomes a ``failed`` or ``timeout`` result and is replaced next time, as with trials.
+        """
+        if not self.alive():
+            error = self._start()
+            if error is not None:
+                return CallResult("failed", reason=error)
+        start = time.monotonic()
+        try:
+            self._conn.send(("call", target, kwargs))
+            if not self._conn.poll(timeout):
+                self.kill()
+                return CallResult("timeout", reason=f"no result within {timeout:g} s; the worker was killed")
+            kind, value = self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            proc = self._proc
+            code = None
+            if proc is not None:
+                proc.join(timeout=5)
+                code = proc.exitcode
+            self.kill()
+            return CallResult(
+                "failed", reason=f"the worker process {_signal_name(code)} after {time.monotonic() - start:.1f} s"
+            )
+        except BaseException:
+            self.kill()
+            raise
+        if kind == "error":
+            return CallResult("error", reason=str(value))
+        return CallResult("ok", value=value)
 
     def kill(self) -> None:
         if self._proc is not None:

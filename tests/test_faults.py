@@ -20,7 +20,7 @@ import torch
 from batchtune.task import load_task, make_dataset
 from batchtune.train import TrialSpec, run_trial
 
-FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--batch-sizes", "16", "--lr-min", "0.01", "--lr-max", "0.1"]
+FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--no-probe", "--batch-sizes", "16", "--lr-min", "0.01", "--lr-max", "0.1"]
 
 
 def fault_env(tmp_path: Path, fault: str) -> dict[str, str]:

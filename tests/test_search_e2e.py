@@ -7,7 +7,7 @@ import json
 import optuna
 import pandas as pd
 
-FAST = ["--epochs", "2", "--threads", "1", "--no-plots"]
+FAST = ["--epochs", "2", "--threads", "1", "--no-plots", "--no-probe"]
 
 
 def test_search_writes_report_and_recommends(cli, tasks, workdir):
@@ -85,8 +85,9 @@ def test_converted_norms_and_report_command(cli, tasks, workdir):
 
 
 def test_oom_trials_are_recorded_and_study_goes_on(cli, tasks, workdir):
+    # --no-probe: the probe would drop 128 before any trial ran (tests/test_probe.py covers that).
     result = cli("search", tasks / "oom_above.py", "--trials", "2", "--batch-sizes", "128", "--norms", "none",
-                 *FAST, env={"BATCHTUNE_TEST_OOM_ABOVE": "64"})
+                 "--no-probe", *FAST, env={"BATCHTUNE_TEST_OOM_ABOVE": "64"})
     assert result.exit_code == 0, result.output
     assert "nothing to recommend" in result.output
     trials = pd.read_csv(workdir / "reports" / "oom_above" / "trials.csv")
