@@ -421,13 +421,14 @@ def noise(task: str, norm: str | None, lr: float | None, batch_small: int, batch
 @handle_errors
 def check(task: str, batch_size: int | None, norm: str | None, device: str, seed: int, as_json: bool) -> None:
     """Check TASK's batches for pitfalls (the batch doctor). Exits 1 when a finding is an error."""
-    from batchtune.doctor import diagnose
-    from batchtune.doctor_report import doctor_lines
+    from batchtune.doctor_report import diagnose_isolated, doctor_lines
     from batchtune.task import load_task
 
     if batch_size is not None and batch_size < 1:
         raise click.BadParameter(f"{batch_size} must be a positive batch size, e.g. 32", param_hint="--batch-size")
-    diagnosis = diagnose(load_task(task), batch_sizes=[batch_size] if batch_size else None, norm=norm, device=device, seed=seed)
+    load_task(task)  # a broken file is reported here, before a process starts
+    diagnosis = diagnose_isolated(task=task, batch_sizes=[batch_size] if batch_size else None, norm=norm, device=device,
+                                  seed=seed)
     if as_json:
         click.echo(json.dumps(diagnosis.to_dict(), indent=2))
     else:

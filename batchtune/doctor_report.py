@@ -56,16 +56,39 @@ def doctor_markdown(d: Diagnosis | dict[str, Any], heading: str = "##") -> str:
     return "\n".join(lines)
 
 
-def doctor_for_search(task: Any, sizes: Any, norms: Any, device: Any, seed: int) -> dict[str, Any]:
+def diagnose_isolated(**kwargs: Any) -> Diagnosis:
+    """:func:`batchtune.doctor.diagnose` in a child process: the checks run the user's model and data
+    loader, so a crash, a kernel kill or a hang there must not take the caller down."""
+    from batchtune.child import call_in_child
+    from batchtune.doctor import diagnose
+
+    return call_in_child(diagnose, kwargs, timeout=kwargs.pop("timeout", 600.0), what="the batch doctor")
+
+
+def doctor_for_search(task_path: str, sizes: Any, norms: Any, device: Any, seed: int) -> dict[str, Any]:
     """Run the doctor over the search's batch sizes; the payload for study user attr ``doctor``."""
     import logging
 
-    from batchtune.doctor import diagnose
+    from dataclasses import asdict
 
+    from batchtune.doctor import Finding
+    from batchtune.errors import TaskError
+
+    log = logging.getLogger(__name__)
     # BatchNorm is checked whenever the search tries it: that is where small batches hurt.
     norm = "batch" if "batch" in norms else norms[0]
-    d = diagnose(task, batch_sizes=sizes, norm=norm, other_norms=norms, device=str(device), seed=seed)
-    log = logging.getLogger(__name__)
+    try:
+        d = diagnose_isolated(task=task_path, batch_sizes=tuple(sizes), norm=norm, other_norms=tuple(norms),
+                              device=str(device), seed=seed)
+    except TaskError:
+        raise
+    except Exception as exc:  # the checks failing is a finding; the trials decide about the task
+        finding = Finding("doctor", "warning", f"the batch doctor could not finish: {exc}",
+                          "run `batchtune check` on the task file to see the failure")
+        log.warning("batch doctor: %s", finding.message)
+        data = {"task": task_path, "batch_sizes": list(sizes), "norm": norm, "train_size": None,
+                "counts": {"error": 0, "warning": 1, "info": 0}, "exit_code": 0, "findings": [asdict(finding)]}
+        return {**data, "markdown": doctor_markdown(data)}
     for f in d.errors + d.warnings:
         log.warning("batch doctor %s [%s]: %s", f.severity, f.check, f.message)
     return {**d.to_dict(), "markdown": doctor_markdown(d)}

@@ -324,7 +324,7 @@ def _search(
     if cfg.doctor:
         from batchtune.doctor_report import doctor_for_search
 
-        study.set_user_attr("doctor", doctor_for_search(task, sizes, norms, device, cfg.seed))
+        study.set_user_attr("doctor", doctor_for_search(str(task.path), sizes, norms, device, cfg.seed))
     optuna.storages.fail_stale_trials(study)
     reap_dead_local_trials(study)
     url = cfg.storage or default_storage(cfg.study_name, cfg.studies_dir)

@@ -20,7 +20,7 @@ import torch
 from batchtune.task import load_task, make_dataset
 from batchtune.train import TrialSpec, run_trial
 
-FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--no-probe", "--batch-sizes", "16", "--lr-min", "0.01", "--lr-max", "0.1"]
+FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--batch-sizes", "16", "--lr-min", "0.01", "--lr-max", "0.1"]
 
 
 def fault_env(tmp_path: Path, fault: str) -> dict[str, str]:
@@ -219,3 +219,14 @@ def test_unreachable_storage_server(cli, tasks):
                  "--storage", "postgresql://me:pw@127.0.0.1:9/studies")
     assert result.exit_code == 1
     assert "cannot reach the storage server postgresql://me:***@127.0.0.1:9/studies" in result.output
+
+
+def test_doctor_crash_does_not_take_the_search_down(cli, tasks, workdir):
+    # The doctor times training steps of the user's model: here the first such step kills its process.
+    args = [a for a in FAST if a != "--no-doctor"]
+    result = cli("search", tasks / "faulty.py", "--trials", "1", *args, env=fault_env(workdir, "kill"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "reports" / "faulty" / "summary.json").read_text())
+    messages = [f["message"] for f in summary["doctor"]["findings"]]
+    assert any("the batch doctor could not finish" in m and "died" in m for m in messages)
+    assert summary["status_counts"] == {"ok": 1}

@@ -7,7 +7,7 @@ import json
 import optuna
 import pandas as pd
 
-FAST = ["--epochs", "2", "--threads", "1", "--no-plots", "--no-probe"]
+FAST = ["--epochs", "2", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor"]
 
 
 def test_search_writes_report_and_recommends(cli, tasks, workdir):
