@@ -68,7 +68,6 @@ def diagnose_isolated(**kwargs: Any) -> Diagnosis:
 def doctor_for_search(task_path: str, sizes: Any, norms: Any, device: Any, seed: int) -> dict[str, Any]:
     """Run the doctor over the search's batch sizes; the payload for study user attr ``doctor``."""
     import logging
-
     from dataclasses import asdict
 
     from batchtune.doctor import Finding
