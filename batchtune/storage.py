@@ -90,8 +90,10 @@ def _create_with_retry(make: Any, attempts: int = 5) -> Any:
     for attempt in range(attempts):
         try:
             return make()
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
-            if attempt == attempts - 1 or "duplicate" not in str(exc).lower() and "already exists" not in str(exc).lower():
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
+            text = str(exc).lower()
+            racing = "duplicate" in text or "already exists" in text or "database is locked" in text
+            if attempt == attempts - 1 or not racing:
                 raise
             time.sleep(0.2 + random.random() * 0.5)
     raise AssertionError("unreachable")

@@ -251,6 +251,10 @@ def _search(
     )
 
     task = load_task(cfg.task_path)
+    if write_report:
+        from batchtune.files import ensure_dir
+
+        ensure_dir(Path(cfg.output_dir) / cfg.study_name)  # fail now, not after hours of trials
     device = resolve_device(cfg.device)
     norms, norm_note = search_norms(task, cfg.norms)
     dry_run(task, norms)
@@ -275,7 +279,7 @@ def _search(
                                    out_dir=Path(cfg.output_dir) / cfg.study_name if write_report else None)
         # The probed maximum is the micro-batch limit: with --accumulate, powers of two go on doubling
         # past it, and explicit --batch-sizes above it are accumulated.
-        micro_max = max(fitting)
+        micro_max = min(max(fitting), cfg.batch_size_max or max(fitting))
         sizes = sizes if cfg.accumulate > 1 and cfg.batch_sizes is not None else fitting
     plan = _trial_plan(cfg, sizes, train_size, family, task.metric_mode, micro_max=micro_max)
     sizes = plan.sizes
@@ -342,28 +346,33 @@ def _search(
     runners = [_make_runner(cfg, device, gpus, i, cpu_threads) for i in range(workers)]
     errors: list[BaseException] = []
 
+    finished = [threading.Event() for _ in runners]
+
     def loop(runner: Any, slot: int) -> None:
         try:
             _worker_loop(study, runner, cfg, device, plan, norms, cpu_threads, progress, stop, deadline, on_event)
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
             stop.set()
+        finally:
+            finished[slot].set()
 
     threads = [threading.Thread(target=loop, args=(r, i), daemon=True) for i, r in enumerate(runners)]
     interrupted = False
     try:
         for t in threads:
             t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(timeout=0.2)
+        # Wait on events, not Thread.join: a Ctrl-C that lands inside join() can leave CPython 3.11
+        # believing the thread has stopped while it still runs (the interrupted trial would go unrecorded).
+        while not all(e.is_set() for e in finished):
+            time.sleep(0.1)
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
         for r in runners:
             r.interrupt()
-        for t in threads:
-            t.join(timeout=30)
+        for e in finished:
+            e.wait(timeout=30)
     finally:
         for r in runners:
             r.close()

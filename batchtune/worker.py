@@ -140,6 +140,7 @@ class TrialRunner:
         self.task_path = task_path
         self.env = dict(env or {})
         self.startup_timeout = startup_timeout
+        self.interrupted = False
         self.device = "cpu"  # the device string trials use inside the child
         self.label = "cpu"  # the device as the user knows it (cuda:3 for a child pinned to GPU 3)
         self._proc: Any = None
@@ -179,6 +180,8 @@ class TrialRunner:
         on_report: Callable[[int, float], bool] | None = None,
     ) -> TrialResult:
         """Run one trial; a dead or hung worker becomes a failed result and is replaced next time."""
+        if self.interrupted:
+            return TrialResult(status="interrupted", reason="interrupted (Ctrl-C) before the trial started")
         if not self.alive():
             error = self._start()
             if error is not None:
@@ -220,7 +223,11 @@ class TrialRunner:
             raise
 
     def interrupt(self) -> None:
-        """Kill the child from another thread; the thread waiting in :meth:`run` sees it die and cleans up."""
+        """Kill the child from another thread; the thread waiting in :meth:`run` sees it die and cleans up.
+
+        An interrupted runner starts no new process: later calls return an ``interrupted`` failure.
+        """
+        self.interrupted = True
         proc = self._proc
         if proc is not None and proc.is_alive():
             proc.kill()

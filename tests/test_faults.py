@@ -20,7 +20,7 @@ import torch
 from batchtune.task import load_task, make_dataset
 from batchtune.train import TrialSpec, run_trial
 
-FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--batch-sizes", "16", "--lr-min", "0.01", "--lr-max", "0.1"]
+FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--lr-rule", "none", "--batch-sizes", "16", "--lr-min", "0.01", "--lr-max", "0.1"]
 
 
 def fault_env(tmp_path: Path, fault: str) -> dict[str, str]:
@@ -177,17 +177,20 @@ def test_stale_trial_of_a_dead_machine_is_retried_once(cli, tasks, workdir):
 
 
 def test_unwritable_output_keeps_the_study(cli, tasks, workdir):
+    args = ["search", tasks / "tiny_mlp.py", "--epochs", "1", "--threads", "1", "--batch-sizes", "32", "--no-probe",
+            "--no-doctor", "--no-plots"]
+    assert cli(*args, "--trials", "1").exit_code == 0
     (workdir / "afile").write_text("not a folder")
-    result = cli("search", tasks / "tiny_mlp.py", "--trials", "1", "--epochs", "1", "--threads", "1",
-                 "--batch-sizes", "32", "--output", "afile/reports")
+    result = cli(*args, "--trials", "2", "--output", "afile/reports")
     assert result.exit_code == 1
     assert "cannot create the output folder afile/reports" in result.output and "Traceback" not in result.output
+    # Refused before any trial ran, and the stored trial is still there.
     assert len(_study("sqlite:///studies/tiny_mlp.db", "tiny_mlp").trials) == 1
 
 
 def test_full_disk_while_writing_report(cli, tasks, workdir, monkeypatch):
     args = ["search", tasks / "tiny_mlp.py", "--trials", "1", "--epochs", "1", "--threads", "1", "--no-plots",
-            "--batch-sizes", "32"]
+            "--batch-sizes", "32", "--no-probe", "--no-doctor"]
     assert cli(*args).exit_code == 0
     report = workdir / "reports" / "tiny_mlp" / "report.md"
     before = report.read_text()

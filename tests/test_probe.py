@@ -180,7 +180,8 @@ def test_cpu_memory_budget_is_enforced_by_measured_peak(tasks):
         free = probe(ProbeConfig(batch_size_min=16, batch_size_max=256, **base), runner=runner).curves[0]
         assert free.largest_fit == 256
         peaks = {p.batch_size: p.peak_memory_bytes for p in free.points}
-        assert peaks[256] > peaks[128] > peaks[64] > peaks[16]
+        # 240 more samples of at least 256 KiB each; peak RSS is noisy by a few tens of MiB.
+        assert peaks[256] > peaks[16] + 32 * 2**20
         budget = (peaks[64] + peaks[128]) // 2
         granularity = 8
         config = ProbeConfig(batch_size_min=16, memory_budget=budget, granularity=granularity, headroom=0.0, **base)
