@@ -40,15 +40,19 @@ def _worker_main(conn: Any, task_path: str, env: dict[str, str]) -> None:
             return
         if message[0] == "stop":
             return
-        spec = TrialSpec(**message[1])
         try:
             if task is None:
                 task = load_task(task_path)
             if datasets is None:
                 datasets = (make_dataset(task, "train"), make_dataset(task, "val"))
         except TaskError as exc:
-            conn.send(("done", TrialResult(status="failed", reason=str(exc)).to_dict()))
+            failed = {"error": str(exc)} if message[0] == "call" else TrialResult(status="failed", reason=str(exc)).to_dict()
+            conn.send(("done", failed))
             continue
+        if message[0] == "call":
+            conn.send(("done", _call(message[1], message[2], task, datasets)))
+            continue
+        spec = TrialSpec(**message[1])
 
         def report(step: int, value: float) -> bool:
             conn.send(("report", step, value))
@@ -56,6 +60,23 @@ def _worker_main(conn: Any, task_path: str, env: dict[str, str]) -> None:
 
         result = run_trial(task, spec, datasets[0], datasets[1], report=report)
         conn.send(("done", result.to_dict()))
+
+
+def _call(target: str, kwargs: dict[str, Any], task: Any, datasets: tuple[Any, Any]) -> dict[str, Any]:
+    """Run ``module:function(task, train_set, val_set, **kwargs)``; its dict, or ``{"error": reason}``."""
+    import importlib
+
+    from batchtune.errors import TaskError
+
+    module, _, name = target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+        return dict(fn(task, datasets[0], datasets[1], **kwargs))
+    except TaskError as exc:
+        return {"error": str(exc)}
+    except Exception as exc:  # the measurement function failed: one line back to the coordinator
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return {"error": f"{type(exc).__name__}: {first}"}
 
 
 def _signal_name(code: int | None) -> str:
@@ -93,6 +114,11 @@ class TrialRunner:
         child.close()
         self._proc, self._conn, self.pid = proc, parent, proc.pid
 
+    def start(self) -> None:
+        """Start the child now (it imports torch), so that several runners can start side by side."""
+        if not self.alive():
+            self._start()
+
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
 
@@ -104,12 +130,28 @@ class TrialRunner:
         on_report: Callable[[int, float], bool] | None = None,
     ) -> TrialResult:
         """Run one trial; a dead or hung worker becomes a failed result and is replaced next time."""
+        outcome = self._exchange(("run", asdict(spec)), timeout, on_report)
+        return outcome if isinstance(outcome, TrialResult) else TrialResult(**outcome)
+
+    def call(self, target: str, kwargs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Run ``module:function(task, train_set, val_set, **kwargs)`` in the child.
+
+        The function returns a picklable dict (``batchtune bench`` measures this way). A failure, a
+        dead worker or a timeout comes back as ``{"error": reason}``.
+        """
+        outcome = self._exchange(("call", target, kwargs), timeout, None)
+        return {"error": outcome.reason} if isinstance(outcome, TrialResult) else outcome
+
+    def _exchange(
+        self, request: tuple[Any, ...], timeout: float | None, on_report: Callable[[int, float], bool] | None
+    ) -> Any:
+        """Send one request; the child's answer, or a failed/timeout TrialResult when it never comes."""
         if not self.alive():
             self._start()
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         try:
-            self._conn.send(("run", asdict(spec)))
+            self._conn.send(request)
             while True:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if not self._conn.poll(remaining):
@@ -124,7 +166,7 @@ class TrialRunner:
                     stop = on_report(message[1], message[2]) if on_report else False
                     self._conn.send(bool(stop))
                     continue
-                return TrialResult(**message[1])
+                return message[1]
         except (EOFError, OSError, BrokenPipeError):
             self._proc.join(timeout=5)
             code = self._proc.exitcode
