@@ -61,8 +61,8 @@ class BenchConfig:
             raise UsageError(f"--batch-size {self.batch_size} must be a positive integer")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise UsageError(f"--lr {self.lr:g} must be a positive learning rate such as 0.05")
-        if self.norm is not None and self.norm not in NORM_CHOICES + (AS_BUILT,):
-            raise UsageError(f"--norm {self.norm!r} is unknown; choose from {', '.join(NORM_CHOICES)}")
+        if self.norm is not None and not self.norm.strip():
+            raise UsageError("--norm is empty; give batch, group, layer, none or a name your build_model accepts")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision {self.precision!r} is unknown; choose from {', '.join(PRECISIONS)}")
         if self.threads < 1:
@@ -135,6 +135,11 @@ def prepare(config: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     task = load_task(cfg.task_path)
     device = resolve_device(cfg.device)
     norm = cfg.norm or (task.file_norms[0] if task.file_norms else "batch")
+    if not task.takes_norm and norm not in NORM_CHOICES + (AS_BUILT,):
+        raise UsageError(
+            f"--norm {norm!r}: {cfg.task_path} has no `norm` argument, so BatchNorm is converted; "
+            f"choose from {', '.join(NORM_CHOICES)}"
+        )
     env = environment(device, threads=cfg.threads)
     run_config = {
         "batch_size": cfg.batch_size,
@@ -229,10 +234,10 @@ def run_bench(config: BenchConfig, *, on_repeat: Callable[[int, int, float], Non
                 threads=cfg.threads,
             )
             result = runners[0].run(spec, timeout=cfg.timeout)
-            if not result.ok or result.final_metric is None:
+            if not result.ok or result.final_metric is None or not math.isfinite(result.final_metric):
                 raise TaskError(
                     f"{cfg.task_path}: the convergence run ({cfg.epochs:g} epochs) ended {result.status}: "
-                    f"{result.reason or 'no metric was recorded'}"
+                    f"{result.reason or f'the metric is {result.final_metric}; check metric() and --lr'}"
                 )
             metric = float(result.final_metric)
     finally:

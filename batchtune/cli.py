@@ -282,6 +282,8 @@ def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Fail when peak memory grows by more than this."),
         click.option("--max-metric-drop", callback=_metric_drop, default="0.5%", show_default=True,
                      help="Fail when the metric after --epochs gets worse by more than this: 0.5% (relative), 0.5pp or 0.01."),
+        click.option("--quantile", type=click.FloatRange(0.01, 0.99), default=0.10, show_default=True,
+                     help="Step-time quantile the speed decision compares (0.5: the median; low values resist noisy neighbours)."),
         click.option("--allow-mismatch", is_flag=True, help="Compare even when hardware, versions, task file or configuration differ (else exit 3)."),
         click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON instead of the markdown table."),
     ]
@@ -290,10 +292,11 @@ def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _thresholds(max_slowdown: float, max_memory_increase: float, max_metric_drop: Any) -> Any:
+def _thresholds(max_slowdown: float, max_memory_increase: float, max_metric_drop: Any, quantile: float) -> Any:
     from batchtune.gate import Thresholds
 
-    return Thresholds(max_slowdown=max_slowdown, max_memory_increase=max_memory_increase, max_metric_drop=max_metric_drop)
+    return Thresholds(max_slowdown=max_slowdown, max_memory_increase=max_memory_increase,
+                      max_metric_drop=max_metric_drop, quantile=quantile)
 
 
 def _emit_decision(decision: Any, as_json: bool) -> None:
@@ -340,7 +343,7 @@ def _step_summary(markdown: str, path: str | None) -> None:
 @_gate_options
 @handle_errors
 def bench(task: str, save_path: str | None, compare_path: str | None, max_slowdown: float, max_memory_increase: float,
-          max_metric_drop: Any, allow_mismatch: bool, as_json: bool, **opts: Any) -> None:
+          max_metric_drop: Any, quantile: float, allow_mismatch: bool, as_json: bool, **opts: Any) -> None:
     """Measure TASK at one fixed configuration; save it as a baseline or gate it against one.
 
     Exit codes: 0 pass, 1 regression, 2 usage or task error, 3 the baseline is not comparable.
@@ -384,7 +387,7 @@ def bench(task: str, save_path: str | None, compare_path: str | None, max_slowdo
     if baseline is None:
         click.echo(json.dumps(current.to_dict(), indent=2) if as_json else render_run(current))
         return
-    thresholds = _thresholds(max_slowdown, max_memory_increase, max_metric_drop)
+    thresholds = _thresholds(max_slowdown, max_memory_increase, max_metric_drop, quantile)
     decision = decide(baseline, current, thresholds, allow_mismatch=allow_mismatch,
                       baseline_name=str(compare_path), current_name=task)
     _emit_decision(decision, as_json)
@@ -396,7 +399,7 @@ def bench(task: str, save_path: str | None, compare_path: str | None, max_slowdo
 @_gate_options
 @handle_errors
 def compare(baseline_file: str, current_file: str, max_slowdown: float, max_memory_increase: float,
-            max_metric_drop: Any, allow_mismatch: bool, as_json: bool) -> None:
+            max_metric_drop: Any, quantile: float, allow_mismatch: bool, as_json: bool) -> None:
     """Compare two saved bench runs without measuring (the same decision as bench --compare).
 
     Exit codes: 0 pass, 1 regression, 2 usage error or unreadable file, 3 not comparable.
@@ -405,7 +408,7 @@ def compare(baseline_file: str, current_file: str, max_slowdown: float, max_memo
     from batchtune.gate import decide
 
     baseline, current = load_run(baseline_file), load_run(current_file)
-    thresholds = _thresholds(max_slowdown, max_memory_increase, max_metric_drop)
+    thresholds = _thresholds(max_slowdown, max_memory_increase, max_metric_drop, quantile)
     decision = decide(baseline, current, thresholds, allow_mismatch=allow_mismatch,
                       baseline_name=baseline_file, current_name=current_file)
     _emit_decision(decision, as_json)

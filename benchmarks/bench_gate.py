@@ -13,12 +13,14 @@ comparison (``bench --compare``: measure, then decide) takes.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import time
 from dataclasses import fields
 from pathlib import Path
 
+from batchtune.baseline import save_run
 from batchtune.bench import BenchConfig, run_bench
 from batchtune.gate import EXIT_REGRESSION, Thresholds, decide
 
@@ -44,7 +46,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=defaults["steps"])
     parser.add_argument("--processes", type=int, default=defaults["processes"])
     parser.add_argument("--clock", default=defaults["clock"])
+    parser.add_argument("--keep", default=None, help="Folder to save every run in (re-decide later with `batchtune compare`).")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # the per-run "noisy measurement" warnings are summarised below
     config = BenchConfig(
         task_path=args.task, batch_size=args.batch_size, repeat=args.repeat, steps=args.steps,
         processes=args.processes, clock=args.clock,
@@ -61,6 +65,9 @@ def main() -> None:
         base, _ = measure(config, 0.0)
         same, t_same = measure(config, 0.0)
         slow, t_slow = measure(config, args.slowdown)
+        if args.keep:
+            for name, r in (("base", base), ("same", same), ("slow", slow)):
+                save_run(r, Path(args.keep) / f"round{i + 1:02d}-{name}.json")
         t0 = time.perf_counter()
         aa = decide(base, same, th)
         ab = decide(base, slow, th)
@@ -75,7 +82,8 @@ def main() -> None:
             f"round {i + 1:>2}: A/A step time {ra['step_time_ratio'] - 1:+6.1%} "
             f"[{ra['ci_low'] - 1:+.1%}, {ra['ci_high'] - 1:+.1%}] -> {ra['decision']:<10} | "
             f"slowed {rb['step_time_ratio'] - 1:+6.1%} [{rb['ci_low'] - 1:+.1%}, {rb['ci_high'] - 1:+.1%}] "
-            f"-> {rb['decision']:<10} | noise IQR base {base.step_time.rel_iqr:.0%} | {t_same:.1f} s",
+            f"-> {rb['decision']:<10} | IQR {base.step_time.rel_iqr:.0%} | core share {base.cpu_share:.0%}/"
+            f"{same.cpu_share:.0%}/{slow.cpu_share:.0%} | {t_same:.1f} s",
             flush=True,
         )
     print()

@@ -155,3 +155,32 @@ def test_markdown_table_has_every_figure():
         assert column in header
     for figure in ("throughput", "peak memory", "FLOPs per sample"):
         assert figure in text
+
+
+def test_contention_difference_is_noted():
+    samples = repeats(0.010, seed=17)
+    busy = run(samples)
+    busy.wall_samples = [[4 * t for t in rep] for rep in samples]  # the steps got a quarter of a core
+    decision = decide(run(samples), busy)
+    assert busy.cpu_share == pytest.approx(0.25)
+    assert any("much busier" in note for note in decision.notes)
+    assert decision.exit_code == EXIT_PASS
+
+
+def test_quantile_choice_trades_tail_regressions_for_noise_resistance():
+    # Three steps in five got 50% slower (a periodic extra cost): the fast end of the distribution
+    # is untouched, so the default 10th percentile passes it and the median catches it.
+    base = repeats(0.010, seed=18)
+    cur = [[t * (1.5 if i % 5 < 3 else 1.0) for i, t in enumerate(rep)] for rep in repeats(0.010, seed=19)]
+    assert speed_change(base, cur, max_slowdown=0.05, quantile=0.10).verdict == PASS
+    assert speed_change(base, cur, max_slowdown=0.05, quantile=0.5).verdict == REGRESSION
+
+
+def test_processes_are_resampled_as_the_top_level():
+    # Two processes whose levels differ by 10%: with the process labels the interval is wider.
+    base = repeats(0.010, seed=20, between=0.0)
+    cur = [[t * (1.10 if i % 2 else 1.0) for t in rep] for i, rep in enumerate(repeats(0.010, seed=21, between=0.0))]
+    labels = [i % 2 for i in range(len(cur))]
+    flat = speed_change(base, cur, max_slowdown=0.05, quantile=0.5)
+    nested = speed_change(base, cur, max_slowdown=0.05, quantile=0.5, baseline_process=labels, current_process=labels)
+    assert nested.high - nested.low > flat.high - flat.low
