@@ -54,6 +54,7 @@ class BenchConfig:
     epochs: float | None = None  # convergence check: train this long from a fixed seed, record the metric
     seed: int = 0
     timeout: float = 900.0  # seconds per call into a worker
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of the workers, e.g. (("PYTHONPATH", "../main"),)
 
     def validated(self) -> BenchConfig:
         """Check every value; raise :class:`UsageError` naming the flag and the fix."""
@@ -174,101 +175,163 @@ def run_bench(config: BenchConfig, *, on_repeat: Callable[[int, int, float], Non
         TaskError: the task cannot be loaded, or a repeat failed (OOM, divergence, an error in the
             task's code); the message carries the reason.
     """
-    from batchtune.train import TrialSpec
-    from batchtune.worker import TrialRunner
-
-    cfg = config.validated()
-    run_config, fingerprint = prepare(cfg)
-    plan = _Plan(
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        norm=run_config["norm"],
-        precision=cfg.precision,
-        device=run_config["device_index"],
-        threads=cfg.threads,
-        seed=cfg.seed,
-        warmup=cfg.warmup,
-        steps=cfg.steps,
-    )
-    env = {"OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
-    task_path = str(Path(cfg.task_path).resolve())
-    runners = [TrialRunner(task_path, env=env) for _ in range(min(cfg.processes, cfg.repeat))]
-    warnings: list[str] = []
-    samples: list[list[float]] = []
-    wall: list[list[float]] = []
-    memory: list[int] = []
-    where: list[int] = []
-    kind = ""
-    flops: float | None = None
-    metric: float | None = None
+    session = _Session(config)
     try:
-        for runner in runners:
-            runner.start()  # the children import torch side by side
-        counted = runners[0].call("batchtune.bench:count_flops", {"plan": asdict(plan)}, timeout=cfg.timeout)
-        if "error" in counted:
-            warnings.append(f"FLOPs not counted: {counted['error']}")
-        else:
-            flops = counted["flops_per_sample"]
-        clock = run_config["clock"]
-        for r in range(cfg.repeat):
-            slot = r % len(runners)
-            out = runners[slot].call("batchtune.bench:measure_repeat", {"plan": asdict(plan)}, timeout=cfg.timeout)
-            if "error" in out:
-                raise TaskError(f"{cfg.task_path}: bench repeat {r + 1} failed: {out['error']}")
-            samples.append(out["cpu"] if clock == "cpu" else out["wall"])
-            wall.append(out["wall"])
-            memory.append(int(out["peak_memory_bytes"]))
-            where.append(slot)
-            kind = out["memory_kind"]
+        session.start()
+        for r in range(session.cfg.repeat):
+            median = session.repeat()
             if on_repeat is not None:
-                on_repeat(r + 1, cfg.repeat, sorted(samples[-1])[len(samples[-1]) // 2])
-        if cfg.epochs is not None:
-            spec = TrialSpec(
-                batch_size=cfg.batch_size,
-                lr=cfg.lr,
-                norm=plan.norm,
-                device=plan.device,
-                seed=cfg.seed,
-                epochs=cfg.epochs,
-                precision=cfg.precision,
-                threads=cfg.threads,
-            )
-            result = runners[0].run(spec, timeout=cfg.timeout)
-            if not result.ok or result.final_metric is None or not math.isfinite(result.final_metric):
-                raise TaskError(
-                    f"{cfg.task_path}: the convergence run ({cfg.epochs:g} epochs) ended {result.status}: "
-                    f"{result.reason or f'the metric is {result.final_metric}; check metric() and --lr'}"
-                )
-            metric = float(result.final_metric)
+                on_repeat(r + 1, session.cfg.repeat, median)
+        session.convergence()
     finally:
-        for runner in runners:
+        session.close()
+    return session.result()
+
+
+def run_interleaved(
+    current: BenchConfig,
+    baseline: BenchConfig,
+    *,
+    on_repeat: Callable[[str, int, int, float], None] | None = None,
+) -> tuple[BenchRun, BenchRun]:
+    """Measure two versions side by side, alternating their repeats (asv's ``continuous`` does the same).
+
+    ``baseline`` is usually the same task file with another ``env`` (a PYTHONPATH that imports the
+    main branch's code) or another task file. Both sides see the same interference from the rest of
+    the machine, which a baseline file measured earlier cannot. Returns (baseline run, current run).
+    """
+    if current.repeat != baseline.repeat:
+        raise UsageError("both sides of an interleaved comparison need the same --repeat")
+    sides = {"baseline": _Session(baseline), "current": _Session(current)}
+    try:
+        for session in sides.values():
+            session.start()
+        for r in range(current.repeat):
+            # ABBA ordering: neither side always runs first after the other one's repeat.
+            order = ("baseline", "current") if r % 2 == 0 else ("current", "baseline")
+            for name in order:
+                median = sides[name].repeat()
+                if on_repeat is not None:
+                    on_repeat(name, r + 1, current.repeat, median)
+        for session in sides.values():
+            session.convergence()
+    finally:
+        for session in sides.values():
+            session.close()
+    return sides["baseline"].result(), sides["current"].result()
+
+
+class _Session:
+    """The worker processes and the samples of one measured configuration."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        from batchtune.worker import TrialRunner
+
+        self.cfg = config.validated()
+        self.run_config, self.fingerprint = prepare(self.cfg)
+        self.plan = _Plan(
+            batch_size=self.cfg.batch_size,
+            lr=self.cfg.lr,
+            norm=self.run_config["norm"],
+            precision=self.cfg.precision,
+            device=self.run_config["device_index"],
+            threads=self.cfg.threads,
+            seed=self.cfg.seed,
+            warmup=self.cfg.warmup,
+            steps=self.cfg.steps,
+        )
+        env = {"OMP_NUM_THREADS": str(self.cfg.threads), "MKL_NUM_THREADS": str(self.cfg.threads)}
+        env.update(dict(self.cfg.env))
+        task_path = str(Path(self.cfg.task_path).resolve())
+        count = min(self.cfg.processes, self.cfg.repeat)
+        self.runners = [TrialRunner(task_path, env=env) for _ in range(count)]
+        self.warnings: list[str] = []
+        self.samples: list[list[float]] = []
+        self.wall: list[list[float]] = []
+        self.memory: list[int] = []
+        self.where: list[int] = []
+        self.kind = ""
+        self.flops: float | None = None
+        self.metric: float | None = None
+
+    def start(self) -> None:
+        for runner in self.runners:
+            runner.start()  # the children import torch side by side
+        counted = self.runners[0].call("batchtune.bench:count_flops", {"plan": asdict(self.plan)}, timeout=self.cfg.timeout)
+        if "error" in counted:
+            self.warnings.append(f"FLOPs not counted: {counted['error']}")
+        else:
+            self.flops = counted["flops_per_sample"]
+
+    def repeat(self) -> float:
+        """One more repeat in the next process; returns its median seconds per step."""
+        r = len(self.samples)
+        slot = r % len(self.runners)
+        out = self.runners[slot].call("batchtune.bench:measure_repeat", {"plan": asdict(self.plan)}, timeout=self.cfg.timeout)
+        if "error" in out:
+            raise TaskError(f"{self.cfg.task_path}: bench repeat {r + 1} failed: {out['error']}")
+        self.samples.append(out["cpu"] if self.run_config["clock"] == "cpu" else out["wall"])
+        self.wall.append(out["wall"])
+        self.memory.append(int(out["peak_memory_bytes"]))
+        self.where.append(slot)
+        self.kind = out["memory_kind"]
+        return sorted(self.samples[-1])[len(self.samples[-1]) // 2]
+
+    def convergence(self) -> None:
+        """With ``epochs``: train from the fixed seed with the search's training code; keep the metric."""
+        from batchtune.train import TrialSpec
+
+        cfg = self.cfg
+        if cfg.epochs is None:
+            return
+        spec = TrialSpec(
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            norm=self.plan.norm,
+            device=self.plan.device,
+            seed=cfg.seed,
+            epochs=cfg.epochs,
+            precision=cfg.precision,
+            threads=cfg.threads,
+        )
+        result = self.runners[0].run(spec, timeout=cfg.timeout)
+        if not result.ok or result.final_metric is None or not math.isfinite(result.final_metric):
+            raise TaskError(
+                f"{cfg.task_path}: the convergence run ({cfg.epochs:g} epochs) ended {result.status}: "
+                f"{result.reason or f'the metric is {result.final_metric}; check metric() and --lr'}"
+            )
+        self.metric = float(result.final_metric)
+
+    def close(self) -> None:
+        for runner in self.runners:
             runner.close()
 
-    run = BenchRun(
-        task=str(cfg.task_path),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        config=run_config,
-        fingerprint=fingerprint,
-        samples=samples,
-        wall_samples=wall,
-        repeat_process=where,
-        peak_memory_bytes=memory,
-        memory_kind=kind,
-        flops_per_sample=flops,
-        metric=metric,
-        metric_mode=run_config["metric_mode"],
-        warnings=warnings,
-    )
-    noisy = run.step_time
-    if noisy.rel_iqr >= NOISY_REL_IQR:
-        # torch.utils.benchmark's threshold for a noisy measurement.
-        run.warnings.append(
-            f"noisy measurement: the step-time IQR is {noisy.rel_iqr:.0%} of the median (>= {NOISY_REL_IQR:.0%}); "
-            "close other programs, pin --threads, or raise --repeat"
+    def result(self) -> BenchRun:
+        run = BenchRun(
+            task=str(self.cfg.task_path),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            config=self.run_config,
+            fingerprint=self.fingerprint,
+            samples=self.samples,
+            wall_samples=self.wall,
+            repeat_process=self.where,
+            peak_memory_bytes=self.memory,
+            memory_kind=self.kind,
+            flops_per_sample=self.flops,
+            metric=self.metric,
+            metric_mode=self.run_config["metric_mode"],
+            warnings=list(self.warnings),
         )
-    for text in run.warnings:
-        log.warning(text)
-    return run
+        st = run.step_time
+        if st.rel_iqr >= NOISY_REL_IQR:
+            # torch.utils.benchmark's threshold for a noisy measurement.
+            run.warnings.append(
+                f"noisy measurement: the step-time IQR is {st.rel_iqr:.0%} of the median (>= {NOISY_REL_IQR:.0%}); "
+                "close other programs, pin --threads, or raise --repeat"
+            )
+        for text in run.warnings:
+            log.warning(text)
+        return run
 
 
 # ------------------------------------------------------------------------------ in the worker child

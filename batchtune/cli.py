@@ -340,18 +340,38 @@ def _step_summary(markdown: str, path: str | None) -> None:
 @click.option("--timeout", type=float, default=900, show_default=True, help="Seconds before a hung measurement is killed.")
 @click.option("--save", "save_path", default=None, type=click.Path(dir_okay=False, path_type=str), help="Write the measurement to this JSON file (the baseline).")
 @click.option("--compare", "compare_path", default=None, type=click.Path(dir_okay=False, path_type=str), help="Compare with this baseline file and exit 0 pass, 1 regression, 3 mismatch.")
+@click.option("--against-task", default=None, type=click.Path(dir_okay=False, path_type=str),
+              help="Measure this task file as the baseline, interleaved with TASK (default with --against-env: TASK).")
+@click.option("--against-env", multiple=True, metavar="KEY=VALUE",
+              help="Environment of the baseline's workers, e.g. PYTHONPATH=../main/src (repeatable); measures interleaved.")
 @_gate_options
 @handle_errors
-def bench(task: str, save_path: str | None, compare_path: str | None, max_slowdown: float, max_memory_increase: float,
+def bench(task: str, save_path: str | None, compare_path: str | None, against_task: str | None,
+          against_env: tuple[str, ...], max_slowdown: float, max_memory_increase: float,
           max_metric_drop: Any, quantile: float, allow_mismatch: bool, as_json: bool, **opts: Any) -> None:
     """Measure TASK at one fixed configuration; save it as a baseline or gate it against one.
 
+    With --compare FILE the baseline is a saved run. With --against-task or --against-env the
+    baseline version is measured now, its repeats interleaved with TASK's, so both see the same
+    noise from the rest of the machine.
+
     Exit codes: 0 pass, 1 regression, 2 usage or task error, 3 the baseline is not comparable.
     """
+    from dataclasses import replace
+
     from batchtune.baseline import load_run, save_run
-    from batchtune.bench import BenchConfig, prepare, run_bench
+    from batchtune.bench import BenchConfig, prepare, run_bench, run_interleaved
     from batchtune.gate import config_mismatches, decide, refuse, render_run
 
+    interleaved = against_task is not None or bool(against_env)
+    if interleaved and compare_path:
+        raise click.UsageError("give either --compare FILE or --against-task/--against-env, not both")
+    env_pairs = []
+    for item in against_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE, e.g. PYTHONPATH=../main/src", param_hint="--against-env")
+        env_pairs.append((key, value))
     baseline = load_run(compare_path) if compare_path else None
     if baseline is not None:
         # The comparison measures the baseline's configuration; flags given here override it (and a
@@ -370,6 +390,21 @@ def bench(task: str, save_path: str | None, compare_path: str | None, max_slowdo
         if opts[key] is None:
             opts[key] = value
     config = BenchConfig(task_path=task, **opts).validated()
+
+    if interleaved:
+        other = replace(config, task_path=against_task or task, env=tuple(env_pairs)).validated()
+
+        def on_side(side: str, done: int, total: int, median: float) -> None:
+            click.echo(f"repeat {done}/{total} {side}: {median * 1e3:.3f} ms per step", err=True)
+
+        base_run, current = run_interleaved(config, other, on_repeat=on_side)
+        if save_path:
+            save_run(current, save_path)
+            click.echo(f"wrote {save_path}", err=True)
+        thresholds = _thresholds(max_slowdown, max_memory_increase, max_metric_drop, quantile)
+        decision = decide(base_run, current, thresholds, allow_mismatch=allow_mismatch, ignore=("task_sha256",),
+                          baseline_name=f"{against_task or task} (interleaved)", current_name=task)
+        _emit_decision(decision, as_json)
 
     if baseline is not None:
         run_config, fingerprint = prepare(config)

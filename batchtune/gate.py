@@ -249,8 +249,8 @@ class Decision:
         }
 
 
-def mismatches(baseline: BenchRun, current: BenchRun) -> list[Mismatch]:
-    """Fields of the configuration and the refusing fingerprint that differ."""
+def mismatches(baseline: BenchRun, current: BenchRun, *, ignore: Sequence[str] = ()) -> list[Mismatch]:
+    """Fields of the configuration and the refusing fingerprint that differ (except ``ignore``)."""
     out = []
     for key in CONFIG_FIELDS:
         a, b = baseline.config.get(key), current.config.get(key)
@@ -260,7 +260,7 @@ def mismatches(baseline: BenchRun, current: BenchRun) -> list[Mismatch]:
         a, b = baseline.fingerprint.get(key), current.fingerprint.get(key)
         if a != b:
             out.append(Mismatch(key, a, b))
-    return out
+    return [m for m in out if m.field not in ignore]
 
 
 def config_mismatches(baseline: BenchRun, config: dict[str, Any], fingerprint: dict[str, Any]) -> list[Mismatch]:
@@ -283,12 +283,17 @@ def decide(
     thresholds: Thresholds | None = None,
     *,
     allow_mismatch: bool = False,
+    ignore: Sequence[str] = (),
     baseline_name: str = "baseline",
     current_name: str = "current",
 ) -> Decision:
-    """Compare two runs figure by figure. Pure: no measuring, no I/O."""
+    """Compare two runs figure by figure. Pure: no measuring, no I/O.
+
+    ``ignore`` names comparability fields that may differ (an interleaved comparison of two task
+    files ignores ``task_sha256``).
+    """
     th = thresholds or Thresholds()
-    found = mismatches(baseline, current)
+    found = mismatches(baseline, current, ignore=ignore)
     if found and not allow_mismatch:
         return refuse(found, baseline_name=baseline_name, current_name=current_name)
     notes = [f"{m.field} differs (baseline {m.baseline!r}, current {m.current!r}); compared anyway (--allow-mismatch)" for m in found]

@@ -137,3 +137,16 @@ def test_failed_measurement_exits_2(cli, tasks):
                  "--processes", "1")
     assert result.exit_code == 2
     assert "larger than the training set" in result.output and "Traceback" not in result.output
+
+
+def test_interleaved_comparison_catches_the_slowdown(cli, tasks):
+    # The baseline's workers run the same file without the slowdown; the repeats alternate.
+    result = cli("bench", tasks / "slowable_mlp.py", *FAST, *WIDE, "--against-env", "BATCHTUNE_TEST_SLOWDOWN=0",
+                 "--json", env={"BATCHTUNE_TEST_SLOWDOWN": "2.0"})
+    assert result.exit_code == 1, result.output
+    decision = json.loads(result.stdout)
+    assert decision["status"] == "regression" and "(interleaved)" in decision["baseline"]
+    assert decision["rows"][0]["values"]["ci_low"] > 1.6
+    assert "repeat 4/4 baseline" in result.stderr and "repeat 4/4 current" in result.stderr
+    bad = cli("bench", tasks / "slowable_mlp.py", *FAST, "--against-env", "NOEQUALS")
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
