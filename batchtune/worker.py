@@ -27,6 +27,12 @@ def _worker_main(conn: Any, task_path: str, env: dict[str, str]) -> None:
     # Ctrl-C goes to the whole process group; the coordinator decides what happens to the trial.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
+    if env.get("PYTHONPATH"):
+        # A spawned child starts with its parent's sys.path; a PYTHONPATH given for this worker must
+        # decide what the task file imports (bench --against-env measures another checkout this way).
+        import sys
+
+        sys.path[:0] = [os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p]
     from batchtune.errors import TaskError
     from batchtune.task import load_task, make_dataset
     from batchtune.train import run_trial
