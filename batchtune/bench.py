@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -203,6 +204,10 @@ def run_interleaved(
     if current.repeat != baseline.repeat:
         raise UsageError("both sides of an interleaved comparison need the same --repeat")
     sides = {"baseline": _Session(baseline), "current": _Session(current)}
+    # One token in both runs: the comparison then pairs repeat r of one side with repeat r of the other.
+    token = uuid.uuid4().hex[:12]
+    for session in sides.values():
+        session.run_config["interleave_id"] = token
     try:
         for session in sides.values():
             session.start()

@@ -83,6 +83,7 @@ def speed_change(
     baseline_process: Sequence[int] | None = None,
     current_process: Sequence[int] | None = None,
     quantile: float = 0.5,
+    paired: bool = False,
     confidence: float = 0.95,
     resamples: int = 2000,
     seed: int = 0,
@@ -94,13 +95,22 @@ def speed_change(
     ratio of medians is above ``1 + max_slowdown`` and the whole confidence interval is above 1.
     Stale: the ratio is below ``1 / (1 + max_slowdown)`` (throughput up by more than the threshold)
     and the whole interval is below 1. Beyond a threshold but not significant: noise.
+
+    ``paired``: repeat ``r`` of both sides ran back to back (``bench --against-env``), so the same
+    processes and repeats are drawn for both sides and noise they shared cancels in the ratio.
     """
     base = _groups(baseline, "baseline")
     cur = _groups(current, "current")
     ratio = _pooled_quantile(cur, quantile) / _pooled_quantile(base, quantile)
     rng = np.random.default_rng(seed)
-    boot_cur = _bootstrap_quantiles(cur, _clusters(current_process, len(cur)), quantile, resamples, rng)
-    boot_base = _bootstrap_quantiles(base, _clusters(baseline_process, len(base)), quantile, resamples, rng)
+    base_clusters = _clusters(baseline_process, len(base))
+    cur_clusters = _clusters(current_process, len(cur))
+    if paired and len(base) != len(cur):
+        raise ValueError("paired samples need the same number of repeats on both sides")
+    chosen_base = _choose(base_clusters, len(base), resamples, rng)
+    chosen_cur = chosen_base if paired else _choose(cur_clusters, len(cur), resamples, rng)
+    boot_cur = _bootstrap_quantiles(cur, chosen_cur, quantile, rng)
+    boot_base = _bootstrap_quantiles(base, chosen_base, quantile, rng)
     alpha = 1.0 - confidence
     low, high = (float(v) for v in np.quantile(boot_cur / boot_base, [alpha / 2, 1 - alpha / 2]))
     if ratio > 1.0 + max_slowdown:
@@ -130,25 +140,28 @@ def _pooled_quantile(groups: list[np.ndarray], q: float) -> float:
     return float(np.quantile(np.concatenate(groups), q))
 
 
-def _bootstrap_quantiles(
-    groups: list[np.ndarray], clusters: list[np.ndarray], q: float, resamples: int, rng: np.random.Generator
-) -> np.ndarray:
-    """The ``q`` quantile of hierarchical bootstrap samples: processes, then their repeats, then steps."""
+def _choose(clusters: list[np.ndarray], n_groups: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Repeat indices of each bootstrap sample (-1 pads): processes first, then repeats within them."""
+    if all(len(c) == 1 for c in clusters):
+        return rng.integers(0, n_groups, size=(resamples, n_groups))
+    rows = []
+    for _ in range(resamples):
+        picked = [clusters[j] for j in rng.integers(0, len(clusters), size=len(clusters))]
+        rows.append(np.concatenate([c[rng.integers(0, len(c), size=len(c))] for c in picked]))
+    chosen = np.full((resamples, max(len(r) for r in rows)), -1)
+    for b, r in enumerate(rows):
+        chosen[b, : len(r)] = r
+    return chosen
+
+
+def _bootstrap_quantiles(groups: list[np.ndarray], chosen: np.ndarray, q: float, rng: np.random.Generator) -> np.ndarray:
+    """The ``q`` quantile of each bootstrap sample: the ``chosen`` repeats, then steps within each."""
+    resamples = chosen.shape[0]
     sizes = np.array([len(g) for g in groups])
     width = int(sizes.max())
     padded = np.full((len(groups), width), np.inf)
     for i, g in enumerate(groups):
         padded[i, : len(g)] = g
-    if all(len(c) == 1 for c in clusters):
-        chosen = rng.integers(0, len(groups), size=(resamples, len(groups)))  # repeats
-    else:
-        rows = []
-        for _ in range(resamples):
-            picked = [clusters[j] for j in rng.integers(0, len(clusters), size=len(clusters))]  # processes
-            rows.append(np.concatenate([c[rng.integers(0, len(c), size=len(c))] for c in picked]))  # repeats
-        chosen = np.full((resamples, max(len(r) for r in rows)), -1)
-        for b, r in enumerate(rows):
-            chosen[b, : len(r)] = r
     n = np.where(chosen >= 0, sizes[np.maximum(chosen, 0)], 0)[..., None]  # (resamples, slots, 1)
     pos = np.arange(width)[None, None, :]
     within = np.floor(rng.random((resamples, chosen.shape[1], width)) * np.maximum(n, 1)).astype(int)  # steps
@@ -342,25 +355,38 @@ def _speed_row(baseline: BenchRun, current: BenchRun, th: Thresholds) -> Row:
     sc = speed_change(
         baseline.samples, current.samples, max_slowdown=th.max_slowdown,
         baseline_process=baseline.repeat_process, current_process=current.repeat_process,
-        quantile=th.quantile, confidence=th.confidence, resamples=th.resamples, seed=th.seed,
+        quantile=th.quantile, paired=_paired(baseline, current), confidence=th.confidence, resamples=th.resamples, seed=th.seed,
     )
     b, c = baseline.throughput, current.throughput
+    paired = _paired(baseline, current)
     stat = "median step time" if th.quantile == 0.5 else f"p{th.quantile * 100:g} step time"
     verdict = {STALE: "stale: faster, refresh the baseline", NOISE: "pass (not significant)"}.get(sc.verdict, sc.verdict)
     return Row(
         figure=f"throughput (samples/s, {_clock_label(current)})",
         baseline=_throughput_text(b.median, baseline.step_time.rel_iqr),
         current=_throughput_text(c.median, current.step_time.rel_iqr),
-        change=f"{stat} {sc.slowdown:+.1%} ({sc.confidence:.0%} CI {sc.low - 1:+.1%} .. {sc.high - 1:+.1%})",
+        change=f"{stat} {sc.slowdown:+.1%} ({sc.confidence:.0%} CI {sc.low - 1:+.1%} .. {sc.high - 1:+.1%}"
+        + (", paired)" if paired else ")"),
         threshold=f"{stat} <= +{th.max_slowdown:.1%}",
         verdict=verdict,
         decision=sc.verdict,
         values={
             "baseline_throughput": b.median, "current_throughput": c.median, "step_time_ratio": sc.ratio,
             "ci_low": sc.low, "ci_high": sc.high, "confidence": sc.confidence, "max_slowdown": th.max_slowdown,
-            "quantile": th.quantile,
+            "quantile": th.quantile, "paired": paired,
             "decision": sc.verdict,
         },
+    )
+
+
+def _paired(baseline: BenchRun, current: BenchRun) -> bool:
+    """Both runs come from one interleaved measurement, repeat for repeat."""
+    token = baseline.config.get("interleave_id")
+    return (
+        token is not None
+        and token == current.config.get("interleave_id")
+        and len(baseline.samples) == len(current.samples)
+        and baseline.repeat_process == current.repeat_process
     )
 
 

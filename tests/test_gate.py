@@ -184,3 +184,17 @@ def test_processes_are_resampled_as_the_top_level():
     flat = speed_change(base, cur, max_slowdown=0.05, quantile=0.5)
     nested = speed_change(base, cur, max_slowdown=0.05, quantile=0.5, baseline_process=labels, current_process=labels)
     assert nested.high - nested.low > flat.high - flat.low
+
+
+def test_interleaved_runs_are_compared_repeat_for_repeat():
+    # Load bursts hit repeat r of both sides alike: levels swing 30% between repeats, the current
+    # side is 10% slower in every pair. Unpaired, the swings hide it; paired, they cancel.
+    rng = np.random.default_rng(22)
+    levels = 0.010 * (1 + 0.3 * rng.random(10))
+    base = [list(lv * (1 + 0.01 * rng.random(40))) for lv in levels]
+    cur = [list(1.10 * lv * (1 + 0.01 * rng.random(40))) for lv in levels]
+    assert speed_change(base, cur, max_slowdown=0.05, confidence=0.99).verdict == NOISE
+    assert speed_change(base, cur, max_slowdown=0.05, confidence=0.99, paired=True).verdict == REGRESSION
+    config = dict(CONFIG, interleave_id="abc123")
+    decision = decide(run(base, config=config), run(cur, config=config))
+    assert decision.rows[0].values["paired"] and decision.exit_code == EXIT_REGRESSION
