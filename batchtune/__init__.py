@@ -10,7 +10,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "BaselineError",
     "BatchtuneError",
+    "BenchConfig",
+    "BenchRun",
+    "Decision",
+    "Thresholds",
     "OutputError",
     "ProbeConfig",
     "ProbeResult",
@@ -22,15 +27,28 @@ __all__ = [
     "UsageError",
     "NoiseConfig",
     "diagnose",
+    "decide",
+    "load_run",
     "load_task",
     "probe",
     "report",
     "run_noise",
+    "run_bench",
+    "save_run",
     "search",
     "__version__",
 ]
 
 _LAZY = {
+    "BaselineError": "batchtune.errors",
+    "BenchConfig": "batchtune.bench",
+    "run_bench": "batchtune.bench",
+    "BenchRun": "batchtune.baseline",
+    "load_run": "batchtune.baseline",
+    "save_run": "batchtune.baseline",
+    "Decision": "batchtune.gate",
+    "Thresholds": "batchtune.gate",
+    "decide": "batchtune.gate",
     "BatchtuneError": "batchtune.errors",
     "OutputError": "batchtune.errors",
     "StorageError": "batchtune.errors",

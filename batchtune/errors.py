@@ -34,3 +34,7 @@ class OutputError(BatchtuneError):
     """A report or baseline file cannot be written or read."""
 
     exit_code = 1
+
+
+class BaselineError(UsageError):
+    """A bench baseline file is missing, corrupt, foreign or of an unknown schema (exit 2)."""

@@ -27,6 +27,12 @@ def _worker_main(conn: Any, task_path: str, env: dict[str, str]) -> None:
     # Ctrl-C goes to the whole process group; the coordinator decides what happens to the trial.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
+    if env.get("PYTHONPATH"):
+        # A spawned child starts with its parent's sys.path; a PYTHONPATH given for this worker must
+        # decide what the task file imports (bench --against-env measures another checkout this way).
+        import sys
+
+        sys.path[:0] = [os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p]
     from batchtune.errors import TaskError
     from batchtune.task import load_task, make_dataset
     from batchtune.train import run_trial
@@ -102,6 +108,15 @@ def _call(target: str, kwargs: dict[str, Any], context: WorkerContext) -> tuple[
         return ("error", f"{type(exc).__name__}: {first}")
 
 
+def _task_call(context: WorkerContext, *, function: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Adapter for :meth:`TrialRunner.call_task`: ``module:function(task, train_set, val_set, **kwargs)``."""
+    import importlib
+
+    module, _, name = function.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    return dict(fn(context.task, context.datasets[0], context.datasets[1], **kwargs))
+
+
 @dataclass(frozen=True)
 class CallResult:
     """The outcome of :meth:`TrialRunner.call`: ``ok`` with a value, or ``error``/``failed``/``timeout`` with a reason."""
@@ -169,6 +184,11 @@ class TrialRunner:
             return error
         return None
 
+    def start(self) -> None:
+        """Start the child now (it imports torch), so that several runners can start side by side."""
+        if not self.alive():
+            self._start()
+
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
 
@@ -231,6 +251,12 @@ class TrialRunner:
         proc = self._proc
         if proc is not None and proc.is_alive():
             proc.kill()
+
+    def call_task(self, target: str, kwargs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Run ``module:function(task, train_set, val_set, **kwargs)`` in the child; its dict, or
+        ``{"error": reason}`` for a failure, a dead worker or a timeout (``batchtune bench`` measures so)."""
+        outcome = self.call("batchtune.worker:_task_call", timeout=timeout, function=target, kwargs=kwargs)
+        return outcome.value if outcome.ok else {"error": outcome.reason}
 
     def call(self, target: str, *, timeout: float | None = None, **kwargs: Any) -> CallResult:
         """Run ``target`` (``"module:function"``) in the worker as ``function(context, **kwargs)``.

@@ -1,0 +1,543 @@
+"""The CI gate's decision and its rendering: baseline vs current, per figure, with an exit code.
+
+Speed: a slowdown fails only when it is beyond ``max_slowdown`` *and* statistically significant.
+The speed figure is a low quantile of the step times (the 10th percentile by default: interference
+from other programs only adds time, so the fast end tracks the code's own cost). Significance comes
+from a hierarchical (cluster) bootstrap confidence interval of the ratio of that quantile: worker processes are resampled with replacement, then repeats within each
+chosen process, then steps within each chosen repeat (Davison & Hinkley 1997, sec. 3.8; Saravanan
+et al. 2020, "Application of the hierarchical bootstrap to multi-level data"). Steps of one repeat
+share that repeat's model and the machine's load at the time, and repeats of one process share its
+memory layout, so samples are not independent; a test on pooled steps (Mann-Whitney U on hundreds
+of samples) calls a 1% drift "significant". Resampling the levels keeps that structure, and the
+interval is on the same scale as the threshold (a ratio of step times).
+
+Memory is deterministic enough to compare directly with its own threshold. The metric comes from
+one seeded training run and is compared directly too. A change beyond a threshold in the good
+direction is reported as "baseline stale: refresh it" and does not fail.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from batchtune.baseline import CONFIG_FIELDS, FINGERPRINT_FIELDS, NOTED_FIELDS, BenchRun
+from batchtune.config import Tolerance
+from batchtune.units import format_bytes
+
+EXIT_PASS = 0
+EXIT_REGRESSION = 1
+EXIT_USAGE = 2
+EXIT_MISMATCH = 3
+
+# Verdicts of one figure.
+PASS = "pass"
+REGRESSION = "REGRESSION"
+STALE = "stale"
+NOISE = "noise"  # beyond the threshold but not significant
+INFO = "info"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How much worse a figure may get before the gate fails. Mirrors the CLI flags."""
+
+    max_slowdown: float = 0.05  # step time may grow 5% (TorchBench flags 7%; asv's default factor is 10%)
+    max_memory_increase: float = 0.03
+    max_metric_drop: Tolerance = field(default_factory=lambda: Tolerance(0.005, "relative"))
+    # The speed figure compared is this quantile of the step times. Interference from other programs
+    # only ever adds time, so the fast end of the distribution tracks the code's own cost; timeit's
+    # docs recommend the minimum for the same reason. The 10th percentile is nearly as robust and
+    # far steadier than the minimum (see docs/bench.md for the measured false-alarm rates).
+    quantile: float = 0.10
+    confidence: float = 0.99
+    resamples: int = 4000
+    seed: int = 0  # the bootstrap is seeded: the same two files always give the same verdict
+
+
+@dataclass(frozen=True)
+class SpeedChange:
+    """Ratio of median step times (current / baseline) with its bootstrap confidence interval."""
+
+    ratio: float
+    low: float
+    high: float
+    confidence: float
+    verdict: str
+
+    @property
+    def slowdown(self) -> float:
+        """How much longer a step takes now: +0.15 is 15% slower, -0.10 is 10% faster."""
+        return self.ratio - 1.0
+
+
+def speed_change(
+    baseline: Sequence[Sequence[float]],
+    current: Sequence[Sequence[float]],
+    *,
+    max_slowdown: float,
+    baseline_process: Sequence[int] | None = None,
+    current_process: Sequence[int] | None = None,
+    quantile: float = 0.5,
+    paired: bool = False,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> SpeedChange:
+    """Decide on step-time samples grouped by repeat (seconds per step; lower is better).
+
+    The figure compared is the ``quantile`` of the pooled step times (0.5: the median). ``*_process`` label each repeat with the worker process it ran in; repeats of one process share
+    its memory layout, so processes are resampled first (a three-level bootstrap). Regression: the
+    ratio of medians is above ``1 + max_slowdown`` and the whole confidence interval is above 1.
+    Stale: the ratio is below ``1 / (1 + max_slowdown)`` (throughput up by more than the threshold)
+    and the whole interval is below 1. Beyond a threshold but not significant: noise.
+
+    ``paired``: repeat ``r`` of both sides ran back to back (``bench --against-env``), so the same
+    processes and repeats are drawn for both sides and noise they shared cancels in the ratio.
+    """
+    base = _groups(baseline, "baseline")
+    cur = _groups(current, "current")
+    ratio = _pooled_quantile(cur, quantile) / _pooled_quantile(base, quantile)
+    rng = np.random.default_rng(seed)
+    base_clusters = _clusters(baseline_process, len(base))
+    cur_clusters = _clusters(current_process, len(cur))
+    if paired and len(base) != len(cur):
+        raise ValueError("paired samples need the same number of repeats on both sides")
+    chosen_base = _choose(base_clusters, len(base), resamples, rng)
+    chosen_cur = chosen_base if paired else _choose(cur_clusters, len(cur), resamples, rng)
+    boot_cur = _bootstrap_quantiles(cur, chosen_cur, quantile, rng)
+    boot_base = _bootstrap_quantiles(base, chosen_base, quantile, rng)
+    alpha = 1.0 - confidence
+    low, high = (float(v) for v in np.quantile(boot_cur / boot_base, [alpha / 2, 1 - alpha / 2]))
+    if ratio > 1.0 + max_slowdown:
+        verdict = REGRESSION if low > 1.0 else NOISE
+    elif ratio < 1.0 / (1.0 + max_slowdown):
+        verdict = STALE if high < 1.0 else NOISE
+    else:
+        verdict = PASS
+    return SpeedChange(ratio=float(ratio), low=low, high=high, confidence=confidence, verdict=verdict)
+
+
+def _groups(samples: Sequence[Sequence[float]], name: str) -> list[np.ndarray]:
+    groups = [np.asarray(g, dtype=float) for g in samples]
+    if not groups or any(len(g) == 0 for g in groups):
+        raise ValueError(f"{name} has a repeat without step-time samples")
+    return groups
+
+
+def _clusters(labels: Sequence[int] | None, n_groups: int) -> list[np.ndarray]:
+    """Repeat indices per process; one cluster per repeat when the processes are unknown."""
+    if labels is None or len(labels) != n_groups or len(set(labels)) < 2:
+        return [np.array([i]) for i in range(n_groups)]
+    return [np.array([i for i, lab in enumerate(labels) if lab == p]) for p in sorted(set(labels))]
+
+
+def _pooled_quantile(groups: list[np.ndarray], q: float) -> float:
+    return float(np.quantile(np.concatenate(groups), q))
+
+
+def _choose(clusters: list[np.ndarray], n_groups: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Repeat indices of each bootstrap sample (-1 pads): processes first, then repeats within them."""
+    if all(len(c) == 1 for c in clusters):
+        return rng.integers(0, n_groups, size=(resamples, n_groups))
+    rows = []
+    for _ in range(resamples):
+        picked = [clusters[j] for j in rng.integers(0, len(clusters), size=len(clusters))]
+        rows.append(np.concatenate([c[rng.integers(0, len(c), size=len(c))] for c in picked]))
+    chosen = np.full((resamples, max(len(r) for r in rows)), -1)
+    for b, r in enumerate(rows):
+        chosen[b, : len(r)] = r
+    return chosen
+
+
+def _bootstrap_quantiles(groups: list[np.ndarray], chosen: np.ndarray, q: float, rng: np.random.Generator) -> np.ndarray:
+    """The ``q`` quantile of each bootstrap sample: the ``chosen`` repeats, then steps within each."""
+    resamples = chosen.shape[0]
+    sizes = np.array([len(g) for g in groups])
+    width = int(sizes.max())
+    padded = np.full((len(groups), width), np.inf)
+    for i, g in enumerate(groups):
+        padded[i, : len(g)] = g
+    n = np.where(chosen >= 0, sizes[np.maximum(chosen, 0)], 0)[..., None]  # (resamples, slots, 1)
+    pos = np.arange(width)[None, None, :]
+    within = np.floor(rng.random((resamples, chosen.shape[1], width)) * np.maximum(n, 1)).astype(int)  # steps
+    values = padded[np.maximum(chosen, 0)[..., None], within]
+    values = np.where(pos < n, values, np.inf)  # a shorter repeat keeps its own sample count
+    flat = np.sort(values.reshape(resamples, -1), axis=1)  # the padding sorts last
+    count = n[:, :, 0].sum(axis=1)
+    idx = np.arange(resamples)
+    at = q * (count - 1)  # linear interpolation between order statistics, as numpy.quantile's default
+    lo = np.floor(at).astype(int)
+    hi = np.minimum(lo + 1, count - 1)
+    return flat[idx, lo] + (at - lo) * (flat[idx, hi] - flat[idx, lo])
+
+
+def memory_verdict(baseline: int, current: int, *, max_increase: float) -> tuple[float, str]:
+    """Relative change of peak memory and its verdict (no test: the peak is not a noisy figure)."""
+    if baseline <= 0:
+        return 0.0, INFO
+    change = current / baseline - 1.0
+    if change > max_increase:
+        return change, REGRESSION
+    if change < -max_increase:
+        return change, STALE
+    return change, PASS
+
+
+def metric_verdict(baseline: float, current: float, *, mode: str, tolerance: Tolerance) -> tuple[float, str]:
+    """How much worse the metric got (positive: worse) in the tolerance's units, and the verdict."""
+    worse = (baseline - current) if mode == "max" else (current - baseline)
+    drop = worse / abs(baseline) if tolerance.kind == "relative" and baseline != 0 else worse
+    if drop > tolerance.value:
+        return drop, REGRESSION
+    if -drop > tolerance.value:
+        return drop, STALE
+    return drop, PASS
+
+
+# ----------------------------------------------------------------------------------- the decision
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A fingerprint or configuration field that differs between the two runs."""
+
+    field: str
+    baseline: Any
+    current: Any
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the comparison table."""
+
+    figure: str
+    baseline: str
+    current: str
+    change: str
+    threshold: str
+    verdict: str  # for people: "pass", "REGRESSION", "stale: faster, refresh the baseline", ...
+    decision: str = INFO  # for the exit code: PASS, REGRESSION, STALE, NOISE or INFO
+    values: dict[str, Any] = field(default_factory=dict)  # the numbers behind the text, for --json
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's outcome: rows, refusals and notes; it owns the exit code (as black's Report does)."""
+
+    rows: tuple[Row, ...]
+    mismatches: tuple[Mismatch, ...]
+    refused: bool
+    notes: tuple[str, ...] = ()
+    baseline_name: str = "baseline"
+    current_name: str = "current"
+
+    @property
+    def exit_code(self) -> int:
+        if self.refused:
+            return EXIT_MISMATCH
+        return EXIT_REGRESSION if any(r.decision == REGRESSION for r in self.rows) else EXIT_PASS
+
+    @property
+    def status(self) -> str:
+        if self.refused:
+            return "mismatch"
+        if self.exit_code == EXIT_REGRESSION:
+            return "regression"
+        return "stale" if any(r.decision == STALE for r in self.rows) else "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "baseline": self.baseline_name,
+            "current": self.current_name,
+            "rows": [asdict(r) for r in self.rows],
+            "mismatches": [asdict(m) for m in self.mismatches],
+            "notes": list(self.notes),
+        }
+
+
+def mismatches(baseline: BenchRun, current: BenchRun, *, ignore: Sequence[str] = ()) -> list[Mismatch]:
+    """Fields of the configuration and the refusing fingerprint that differ (except ``ignore``)."""
+    out = []
+    for key in CONFIG_FIELDS:
+        a, b = baseline.config.get(key), current.config.get(key)
+        if a != b:
+            out.append(Mismatch(key, a, b))
+    for key in FINGERPRINT_FIELDS:
+        a, b = baseline.fingerprint.get(key), current.fingerprint.get(key)
+        if a != b:
+            out.append(Mismatch(key, a, b))
+    return [m for m in out if m.field not in ignore]
+
+
+def config_mismatches(baseline: BenchRun, config: dict[str, Any], fingerprint: dict[str, Any]) -> list[Mismatch]:
+    """:func:`mismatches` against a run not yet measured (its config and fingerprint only)."""
+    probe = BenchRun(
+        task="", created="", config=config, fingerprint=fingerprint, samples=[[1.0]], wall_samples=[[1.0]],
+        repeat_process=[0], peak_memory_bytes=[0], memory_kind="",
+    )
+    return mismatches(baseline, probe)
+
+
+def refuse(found: Sequence[Mismatch], *, baseline_name: str = "baseline", current_name: str = "current") -> Decision:
+    """The decision when the runs are not comparable and the caller did not allow it (exit 3)."""
+    return Decision(rows=(), mismatches=tuple(found), refused=True, baseline_name=baseline_name, current_name=current_name)
+
+
+def decide(
+    baseline: BenchRun,
+    current: BenchRun,
+    thresholds: Thresholds | None = None,
+    *,
+    allow_mismatch: bool = False,
+    ignore: Sequence[str] = (),
+    baseline_name: str = "baseline",
+    current_name: str = "current",
+) -> Decision:
+    """Compare two runs figure by figure. Pure: no measuring, no I/O.
+
+    ``ignore`` names comparability fields that may differ (an interleaved comparison of two task
+    files ignores ``task_sha256``).
+    """
+    th = thresholds or Thresholds()
+    found = mismatches(baseline, current, ignore=ignore)
+    if found and not allow_mismatch:
+        return refuse(found, baseline_name=baseline_name, current_name=current_name)
+    notes = [f"{m.field} differs (baseline {m.baseline!r}, current {m.current!r}); compared anyway (--allow-mismatch)" for m in found]
+    for key in NOTED_FIELDS:
+        a, b = baseline.fingerprint.get(key), current.fingerprint.get(key)
+        if a != b:
+            notes.append(f"{key} differs (baseline {a!r}, current {b!r}); it does not affect the figures")
+    notes += [f"baseline: {w}" for w in baseline.warnings] + [f"current: {w}" for w in current.warnings]
+    if current.config.get("clock") == "cpu":
+        shares = (baseline.cpu_share, current.cpu_share)
+        if min(shares) < 0.5 * max(shares):
+            # Preemption evicts the caches, so even CPU time grows on a crowded machine.
+            notes.append(
+                f"the machine was much busier during one run (the timed steps got {shares[0]:.0%} of a core "
+                f"for the baseline, {shares[1]:.0%} now); CPU time also grows under heavy contention"
+            )
+
+    rows = [_speed_row(baseline, current, th), _wall_row(baseline, current), _memory_row(baseline, current, th)]
+    if baseline.flops_per_sample is not None or current.flops_per_sample is not None:
+        rows.append(_flops_row(baseline, current))
+    if baseline.metric is not None or current.metric is not None:
+        rows.append(_metric_row(baseline, current, th))
+    speed = rows[0]
+    if speed.decision == NOISE:
+        notes.append(
+            "the speed change is beyond the threshold but its confidence interval includes no change: "
+            "treated as noise (raise --repeat for a sharper test)"
+        )
+    if any(r.decision == STALE for r in rows):
+        notes.append("an improvement beyond the threshold: the baseline is stale, refresh it (save a new one)")
+    return Decision(
+        rows=tuple(rows),
+        mismatches=tuple(found),
+        refused=False,
+        notes=tuple(notes),
+        baseline_name=baseline_name,
+        current_name=current_name,
+    )
+
+
+def _clock_label(run: BenchRun) -> str:
+    return "CPU time" if run.config.get("clock") == "cpu" else "wall time"
+
+
+def _speed_row(baseline: BenchRun, current: BenchRun, th: Thresholds) -> Row:
+    sc = speed_change(
+        baseline.samples, current.samples, max_slowdown=th.max_slowdown,
+        baseline_process=baseline.repeat_process, current_process=current.repeat_process,
+        quantile=th.quantile, paired=_paired(baseline, current), confidence=th.confidence, resamples=th.resamples, seed=th.seed,
+    )
+    b, c = baseline.throughput, current.throughput
+    paired = _paired(baseline, current)
+    stat = "median step time" if th.quantile == 0.5 else f"p{th.quantile * 100:g} step time"
+    verdict = {STALE: "stale: faster, refresh the baseline", NOISE: "pass (not significant)"}.get(sc.verdict, sc.verdict)
+    return Row(
+        figure=f"throughput (samples/s, {_clock_label(current)})",
+        baseline=_throughput_text(b.median, baseline.step_time.rel_iqr),
+        current=_throughput_text(c.median, current.step_time.rel_iqr),
+        change=f"{stat} {sc.slowdown:+.1%} ({sc.confidence:.0%} CI {sc.low - 1:+.1%} .. {sc.high - 1:+.1%}"
+        + (", paired)" if paired else ")"),
+        threshold=f"{stat} <= +{th.max_slowdown:.1%}",
+        verdict=verdict,
+        decision=sc.verdict,
+        values={
+            "baseline_throughput": b.median, "current_throughput": c.median, "step_time_ratio": sc.ratio,
+            "ci_low": sc.low, "ci_high": sc.high, "confidence": sc.confidence, "max_slowdown": th.max_slowdown,
+            "quantile": th.quantile, "paired": paired,
+            "decision": sc.verdict,
+        },
+    )
+
+
+def _paired(baseline: BenchRun, current: BenchRun) -> bool:
+    """Both runs come from one interleaved measurement, repeat for repeat."""
+    token = baseline.config.get("interleave_id")
+    return (
+        token is not None
+        and token == current.config.get("interleave_id")
+        and len(baseline.samples) == len(current.samples)
+        and baseline.repeat_process == current.repeat_process
+    )
+
+
+def _throughput_text(value: float, rel_iqr: float) -> str:
+    return f"{value:,.1f} (IQR {rel_iqr:.0%})"
+
+
+def _wall_row(baseline: BenchRun, current: BenchRun) -> Row:
+    b = baseline.batch_size / baseline.wall_step_time.median
+    c = current.batch_size / current.wall_step_time.median
+    return Row(
+        figure="throughput (samples/s, wall time)",
+        baseline=_throughput_text(b, baseline.wall_step_time.rel_iqr),
+        current=_throughput_text(c, current.wall_step_time.rel_iqr),
+        change=f"{c / b - 1:+.1%}",
+        threshold="-" if current.config.get("clock") != "wall" else "see above",
+        verdict=INFO,
+        values={"baseline": b, "current": c},
+    )
+
+
+def _memory_row(baseline: BenchRun, current: BenchRun, th: Thresholds) -> Row:
+    b, c = baseline.peak_memory, current.peak_memory
+    change, verdict = memory_verdict(b, c, max_increase=th.max_memory_increase)
+    kind = {"cpu-rss": "CPU peak RSS", "cuda-allocated": "CUDA max allocated"}.get(current.memory_kind, current.memory_kind)
+    return Row(
+        figure=f"peak memory ({kind})",
+        baseline=format_bytes(b),
+        current=format_bytes(c),
+        change=f"{change:+.1%}",
+        threshold=f"<= +{th.max_memory_increase:.1%}",
+        verdict="stale: less memory, refresh the baseline" if verdict == STALE else verdict,
+        decision=verdict,
+        values={"baseline": b, "current": c, "change": change, "decision": verdict},
+    )
+
+
+def _flops_row(baseline: BenchRun, current: BenchRun) -> Row:
+    b, c = baseline.flops_per_sample, current.flops_per_sample
+    change = f"{c / b - 1:+.1%}" if b and c else "-"
+    return Row(
+        figure="FLOPs per sample (forward + backward)",
+        baseline=_flops_text(b),
+        current=_flops_text(c),
+        change=change,
+        threshold="-",
+        verdict=INFO,
+        values={"baseline": b, "current": c},
+    )
+
+
+def _flops_text(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g} FLOP"
+
+
+def _metric_row(baseline: BenchRun, current: BenchRun, th: Thresholds) -> Row:
+    b, c = baseline.metric, current.metric
+    epochs = current.config.get("epochs") or baseline.config.get("epochs")
+    figure = f"validation metric after {epochs:g} epochs ({current.metric_mode}imize)" if epochs else "validation metric"
+    if b is None or c is None:
+        missing = "baseline" if b is None else "current run"
+        return Row(figure, _num(b), _num(c), "-", "-", INFO, INFO, {"note": f"the {missing} has no metric; pass --epochs to both"})
+    drop, verdict = metric_verdict(b, c, mode=current.metric_mode, tolerance=th.max_metric_drop)
+    tol = th.max_metric_drop
+    unit = "%" if tol.kind == "relative" else ""
+    shown = f"{-drop:+.2%}" if tol.kind == "relative" else f"{c - b:+.4g}"
+    limit = f"drop <= {tol.value:.2%}" if unit else f"drop <= {tol.value:g}"
+    return Row(
+        figure=figure,
+        baseline=_num(b),
+        current=_num(c),
+        change=shown,
+        threshold=limit,
+        verdict="stale: better, refresh the baseline" if verdict == STALE else verdict,
+        decision=verdict,
+        values={"baseline": b, "current": c, "drop": drop, "decision": verdict},
+    )
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+# ------------------------------------------------------------------------------------ rendering
+
+
+def render_markdown(decision: Decision) -> str:
+    """The comparison as a GitHub-flavoured markdown section (stdout and $GITHUB_STEP_SUMMARY)."""
+    from tabulate import tabulate
+
+    lines = [f"### batchtune bench: {_headline(decision)}", ""]
+    if decision.mismatches:
+        lines.append(
+            "The runs differ in what or where they measured:" if decision.refused else "Compared despite these differences:"
+        )
+        lines.append("")
+        table = [[m.field, _short(m.baseline), _short(m.current)] for m in decision.mismatches]
+        lines.append(tabulate(table, headers=["field", decision.baseline_name, decision.current_name], tablefmt="github"))
+        lines.append("")
+    if decision.refused:
+        lines.append(
+            "Comparison refused (exit 3): save a new baseline on this machine and configuration, "
+            "or pass --allow-mismatch to compare anyway."
+        )
+        return "\n".join(lines) + "\n"
+    table = [[r.figure, r.baseline, r.current, r.change, r.threshold, r.verdict] for r in decision.rows]
+    lines.append(tabulate(table, headers=["figure", "baseline", "current", "change", "threshold", "verdict"], tablefmt="github"))
+    if decision.notes:
+        lines.append("")
+        lines += [f"- {note}" for note in decision.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _headline(decision: Decision) -> str:
+    return {
+        "mismatch": "NOT COMPARABLE (exit 3)",
+        "regression": "REGRESSION (exit 1)",
+        "stale": "pass, baseline stale (exit 0)",
+        "pass": "pass (exit 0)",
+    }[decision.status]
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:12] + "..." + text[-8:]
+
+
+def render_run(run: BenchRun) -> str:
+    """One measurement on its own (``batchtune bench --save``), as a markdown section."""
+    from tabulate import tabulate
+
+    st, wall = run.step_time, run.wall_step_time
+    rows = [
+        ["throughput (samples/s, " + _clock_label(run) + ")", _throughput_text(run.throughput.median, st.rel_iqr)],
+        ["throughput (samples/s, wall time)", _throughput_text(run.batch_size / wall.median, wall.rel_iqr)],
+        ["step time median", f"{st.median * 1e3:.3f} ms over {st.n} samples in {len(run.samples)} repeats"],
+        ["peak memory", format_bytes(run.peak_memory) + f" ({run.memory_kind})"],
+        ["FLOPs per sample (forward + backward)", _flops_text(run.flops_per_sample)],
+    ]
+    if run.metric is not None:
+        rows.append([f"validation metric after {run.config['epochs']:g} epochs", _num(run.metric)])
+    cfg = run.config
+    head = (
+        f"### batchtune bench: {run.task}\n\nbatch size {cfg['batch_size']}, lr {cfg['lr']:g}, {cfg['norm']} norm, "
+        f"{cfg['precision']}, {cfg['device']}, {run.fingerprint.get('threads')} thread(s), clock {cfg['clock']}\n"
+    )
+    body = tabulate(rows, headers=["figure", "value"], tablefmt="github")
+    notes = "".join(f"\n- {w}" for w in run.warnings)
+    return head + "\n" + body + ("\n" + notes if notes else "") + "\n"
