@@ -226,12 +226,7 @@ class TrialRunner:
                     continue
                 return TrialResult(**message[1])
         except (EOFError, OSError, BrokenPipeError):
-            proc = self._proc
-            code = None
-            if proc is not None:
-                proc.join(timeout=5)
-                code = proc.exitcode
-            self.kill()
+            code = self._reap()
             return TrialResult(
                 status="failed",
                 reason=f"the worker process {_signal_name(code)} during the trial",
@@ -241,6 +236,16 @@ class TrialRunner:
             # KeyboardInterrupt or the like: the trial cannot finish, take its process with it.
             self.kill()
             raise
+
+    def _reap(self) -> int | None:
+        """After the pipe broke: wait for the dead child, clean up, and return its exit code."""
+        proc = self._proc
+        code = None
+        if proc is not None:
+            proc.join(timeout=5)
+            code = proc.exitcode
+        self.kill()
+        return code
 
     def interrupt(self) -> None:
         """Kill the child from another thread; the thread waiting in :meth:`run` sees it die and cleans up.
@@ -276,12 +281,7 @@ class TrialRunner:
                 return CallResult("timeout", reason=f"no result within {timeout:g} s; the worker was killed")
             kind, value = self._conn.recv()
         except (EOFError, OSError, BrokenPipeError):
-            proc = self._proc
-            code = None
-            if proc is not None:
-                proc.join(timeout=5)
-                code = proc.exitcode
-            self.kill()
+            code = self._reap()
             return CallResult(
                 "failed", reason=f"the worker process {_signal_name(code)} after {time.monotonic() - start:.1f} s"
             )

@@ -19,7 +19,7 @@ import optuna
 from batchtune.config import SearchConfig
 from batchtune.results import counts
 from batchtune.storage import open_storage
-from batchtune.study import _record, quiet_optuna
+from batchtune.study import _record, _trial_plan, quiet_optuna
 from batchtune.train import TrialResult, TrialSpec
 
 
@@ -28,7 +28,8 @@ def measure(url: str, n: int = 40) -> list[float]:
     study = optuna.create_study(study_name=f"overhead_{uuid.uuid4().hex[:8]}", storage=storage,
                                 directions=["maximize", "maximize", "minimize"],
                                 sampler=optuna.samplers.TPESampler(seed=0, multivariate=True))
-    cfg = SearchConfig(task_path="x.py", memory_budget=2**30)
+    cfg = SearchConfig(task_path="x.py", memory_budget=2**30, lr_rule="none")
+    plan = _trial_plan(cfg, (16, 32, 64, 128), 1000, "sgd", "max")
     curve = [{"step": i, "epoch": i, "samples": 100 * i, "train_loss": 1.0, "val_loss": 1.0, "val_metric": 0.9,
               "time": 1.0} for i in range(3)]
     times = []
@@ -43,7 +44,7 @@ def measure(url: str, n: int = 40) -> list[float]:
         spec = TrialSpec(batch_size=bs, lr=lr, norm=norm)
         result = TrialResult(status="ok", throughput=1000.0 + i, final_metric=0.9, best_metric=0.9,
                              peak_memory_bytes=2**28, step_times=[0.01] * 200, curve=curve)
-        _record(study, trial, result, spec, cfg)
+        _record(study, trial, result, spec, cfg, plan, lr)
         times.append(time.perf_counter() - start)
     return times
 
