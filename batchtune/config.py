@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from batchtune.errors import UsageError
@@ -91,7 +91,6 @@ class SearchConfig:
     accumulate: int = 1  # most gradient-accumulation steps per optimizer step (1: off)
     doctor: bool = True  # run the batch doctor before the trials (batchtune.doctor)
     noise: bool = False  # measure the gradient noise scale and goodput after the trials (batchtune.noise)
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def study_name(self) -> str:
