@@ -49,6 +49,17 @@ def parse_tolerance(text: str) -> Tolerance:
     return tol
 
 
+def check_batch_range(batch_size_min: int, batch_size_max: int | None) -> None:
+    """--batch-size-min and --batch-size-max, shared by search and probe."""
+    if batch_size_min < 1:
+        raise UsageError(f"--batch-size-min {batch_size_min} must be at least 1")
+    if batch_size_max is not None and batch_size_max < batch_size_min:
+        raise UsageError(
+            f"--batch-size-min {batch_size_min} is above --batch-size-max {batch_size_max}; "
+            "make the minimum the smaller one"
+        )
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Everything ``batchtune search`` needs. Options mirror the CLI flags one to one."""
@@ -104,13 +115,7 @@ class SearchConfig:
             raise UsageError(f"--timeout {self.timeout:g} must be a positive number of seconds")
         if self.trial_timeout is not None and self.trial_timeout <= 0:
             raise UsageError(f"--trial-timeout {self.trial_timeout:g} must be a positive number of seconds")
-        if self.batch_size_min < 1:
-            raise UsageError(f"--batch-size-min {self.batch_size_min} must be at least 1")
-        if self.batch_size_max is not None and self.batch_size_max < self.batch_size_min:
-            raise UsageError(
-                f"--batch-size-min {self.batch_size_min} is above --batch-size-max {self.batch_size_max}; "
-                "make the minimum the smaller one"
-            )
+        check_batch_range(self.batch_size_min, self.batch_size_max)
         if self.batch_sizes is not None:
             if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
                 raise UsageError("--batch-sizes must be a comma-separated list of positive integers, e.g. 16,48,96")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from batchtune.config import PRECISIONS
+from batchtune.config import PRECISIONS, check_batch_range
 from batchtune.errors import UsageError
 from batchtune.probe_result import (
     ProbeCurve,
@@ -87,13 +87,7 @@ class ProbeConfig:
             raise UsageError(f"--knee {self.knee:.0%} must be at least 0% and below 100%")
         if self.granularity is not None and self.granularity < 1:
             raise UsageError(f"--granularity {self.granularity} must be at least 1")
-        if self.batch_size_min < 1:
-            raise UsageError(f"--batch-size-min {self.batch_size_min} must be at least 1")
-        if self.batch_size_max is not None and self.batch_size_max < self.batch_size_min:
-            raise UsageError(
-                f"--batch-size-min {self.batch_size_min} is above --batch-size-max {self.batch_size_max}; "
-                "make the minimum the smaller one"
-            )
+        check_batch_range(self.batch_size_min, self.batch_size_max)
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise UsageError("--memory-budget must be larger than zero, e.g. 6GiB")
         if self.peak_flops is not None and (not math.isfinite(self.peak_flops) or self.peak_flops <= 0):

@@ -112,15 +112,24 @@ def recommend(
     if front.empty:
         return None
     tol = tolerance or default_tolerance(eligible(trials)["metric"], mode)
-    values = front["metric"].to_numpy(float)
-    best = front.iloc[int(np.argmax(values) if mode == "max" else np.argmin(values))]
+    best = _most_accurate(front, mode)
     close = front[[within(float(m), float(best["metric"]), tol, mode) for m in front["metric"]]]
     top = float(close["throughput"].max())
     tied = close[close["throughput"] >= top * (1 - THROUGHPUT_TIE)]
     pick = tied.sort_values(["peak_memory_bytes", "throughput"], ascending=[True, False]).iloc[0]
+    return _recommendation(pick, best, tol, _reason(pick, best, tol, mode), current_batch_size, optimizer_family)
+
+
+def _most_accurate(frame: pd.DataFrame, mode: str) -> pd.Series:
+    values = frame["metric"].to_numpy(float)
+    return frame.iloc[int(np.argmax(values) if mode == "max" else np.argmin(values))]
+
+
+def _recommendation(
+    pick: pd.Series, best: pd.Series, tol: Tolerance, reason: str, current_batch_size: int | None, family: str,
+    **extra: Any,
+) -> Recommendation:
     params = _params(pick)
-    reason = _reason(pick, best, tol, mode)
-    advice = lr_advice(params["batch_size"], params["lr"], current_batch_size, optimizer_family)
     return Recommendation(
         trial=int(pick["trial"]),
         params=params,
@@ -131,7 +140,8 @@ def recommend(
         best_metric=float(best["metric"]),
         tolerance=tol,
         reason=reason,
-        lr_advice=advice,
+        lr_advice=lr_advice(params["batch_size"], params["lr"], current_batch_size, family),
+        **extra,
     )
 
 
@@ -167,8 +177,7 @@ def recommend_time_to_target(
     fastest = float(hit["time_to_target"].min())
     tied = hit[hit["time_to_target"].astype(float) <= fastest * (1 + THROUGHPUT_TIE)]
     pick = tied.sort_values(["peak_memory_bytes", "time_to_target"], ascending=[True, True]).iloc[0]
-    values = ok["metric"].to_numpy(float)
-    best = ok.iloc[int(np.argmax(values) if mode == "max" else np.argmin(values))]
+    best = _most_accurate(ok, mode)
     params = _params(pick)
     seconds = float(pick["time_to_target"])
     name = f"batch {params['batch_size']}, lr {params['lr']:.3g}, {params['norm']} norm"
@@ -183,17 +192,8 @@ def recommend_time_to_target(
         f"{int(pick['samples_to_target']):,} training samples, {seconds:.3g} s at its measured "
         f"{float(pick['throughput']):,.0f} samples/s{runner_up}."
     )
-    return Recommendation(
-        trial=int(pick["trial"]),
-        params=params,
-        metric=float(pick["metric"]),
-        throughput=float(pick["throughput"]),
-        peak_memory_bytes=int(pick["peak_memory_bytes"]),
-        best_trial=int(best["trial"]),
-        best_metric=float(best["metric"]),
-        tolerance=default_tolerance(ok["metric"], mode),
-        reason=reason,
-        lr_advice=lr_advice(params["batch_size"], params["lr"], current_batch_size, optimizer_family),
+    return _recommendation(
+        pick, best, default_tolerance(ok["metric"], mode), reason, current_batch_size, optimizer_family,
         objective="time-to-target",
         time_to_target=seconds,
         samples_to_target=int(pick["samples_to_target"]),
