@@ -52,13 +52,25 @@ def counts(trial: Any) -> bool:
 
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("status") in MEASURED_STATUSES
+    return trial.state == TrialState.FAIL and status(trial) in MEASURED_STATUSES
+
+
+def status(trial: Any) -> str | None:
+    """A trial's batchtune status.
+
+    A measured trial carries it inside its one "result" attribute; a trial that never ran (surplus,
+    interrupted before it started) or whose coordinator died carries "status" and "reason" attributes
+    instead. Never both.
+    """
+    attrs = trial.user_attrs
+    return attrs.get("status") or (attrs.get("result") or {}).get("status")
 
 
 def measurements(trial: Any) -> dict[str, Any]:
     """A trial's measurements (user attribute "result") with its status and reason."""
     attrs = trial.user_attrs
-    return {**(attrs.get("result") or {}), "status": attrs.get("status"), "reason": attrs.get("reason")}
+    result = attrs.get("result") or {}
+    return {**result, "status": status(trial), "reason": attrs.get("reason", result.get("reason"))}
 
 
 def trials_frame(study: Any) -> pd.DataFrame:

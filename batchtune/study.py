@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchtune.config import SearchConfig
 from batchtune.errors import BatchtuneError, StorageError, UsageError
-from batchtune.results import counts
+from batchtune.results import MEASURED_STATUSES, counts, status
 from batchtune.units import redact_url
 
 if TYPE_CHECKING:
@@ -187,7 +187,19 @@ class _Progress:
         self.total = total
         self.mode = mode
         self.best: float | None = None
+        self.done = 0
         self.lock = threading.Lock()
+
+    def seen(self, done: int) -> None:
+        """The study had ``done`` counted trials at the last read (other workers' included)."""
+        with self.lock:
+            self.done = max(self.done, done)
+
+    def finished(self, trial_status: str) -> int:
+        """One of this machine's trials was recorded; how many count now, as far as we know."""
+        with self.lock:
+            self.done += trial_status in MEASURED_STATUSES
+            return self.done
 
     def update(self, value: float | None) -> float | None:
         with self.lock:
@@ -339,8 +351,8 @@ def _search(
 
     progress = _Progress(cfg.trials, task.metric_mode)
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("status") == "ok":
-            progress.update(t.user_attrs.get("result", {}).get("final_metric"))
+        if status(t) == "ok":
+            progress.update(t.user_attrs["result"].get("final_metric"))
     stop = threading.Event()
     deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
     runners = [_make_runner(cfg, device, gpus, i, cpu_threads) for i in range(workers)]
@@ -478,7 +490,6 @@ def _worker_loop(
     from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.trial import TrialState
 
-    from batchtune.train import TrialSpec
 
     while not stop.is_set():
         if deadline is not None and time.monotonic() >= deadline:
@@ -487,6 +498,7 @@ def _worker_loop(
         done = sum(counts(t) for t in trials)
         waiting = sum(t.state == TrialState.WAITING for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
+        progress.seen(done)
         if done >= cfg.trials:
             return
         if done + running >= cfg.trials and not waiting:
@@ -495,46 +507,17 @@ def _worker_loop(
             optuna.storages.fail_stale_trials(study)
             reap_dead_local_trials(study)
             continue
-        trial = study.ask()
-        trial.set_user_attr("worker", _owner())
-        ranked = sorted(
-            t.number
-            for t in study.get_trials(deepcopy=False)
-            if counts(t) or t.state == TrialState.RUNNING
-        )
-        if trial.number not in ranked[: cfg.trials]:
-            # Another worker asked at the same moment: the study already has its total.
-            trial.set_user_attr("status", "surplus")
-            study.tell(trial, state=TrialState.FAIL)
+        trial = _claim(study, cfg.trials, trials, known=done + running + waiting)
+        if trial is None:
             continue
-        batch_size = trial.suggest_categorical("batch_size", list(plan.sizes))
-        base_lr, lr = plan.learning_rates(trial.suggest_float(plan.lr_param, cfg.lr_min, cfg.lr_max, log=True), int(batch_size))
-        split = plan.splits[int(batch_size)]
-        norm = trial.suggest_categorical("norm", list(norms))
-        precision = (
-            trial.suggest_categorical("precision", list(cfg.precisions)) if len(cfg.precisions) > 1 else cfg.precisions[0]
-        )
-        spec = TrialSpec(
-            batch_size=split.micro,
-            lr=float(lr),
-            norm=str(norm),
-            device=runner.device,
-            seed=cfg.seed,
-            epochs=cfg.epochs if cfg.budget_samples is None else None,
-            budget_samples=cfg.budget_samples,
-            eval_every=cfg.eval_every,
-            precision=str(precision),
-            threads=threads,
-            lr_warmup_epochs=plan.warmup_epochs,
-            accumulate=split.steps,
-        )
+        spec, base_lr = _suggest(trial, cfg, plan, norms, runner.device, threads)
         if stop.is_set():
             trial.set_user_attr("status", "interrupted")
             trial.set_user_attr("reason", "interrupted (Ctrl-C) before the trial started")
-            study.tell(trial, state=TrialState.FAIL)
+            trial.tell(state=TrialState.FAIL)
             return
         watch = plan.watch(trial, spec.effective_batch_size)
-        heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
+        heartbeat = get_heartbeat_thread(trial.trial_id, study._storage)
         heartbeat.start()
         try:
             result = runner.run(spec, timeout=cfg.trial_timeout, on_report=watch)
@@ -557,11 +540,67 @@ def _worker_loop(
                     throughput=result.throughput,
                     peak_memory_bytes=result.peak_memory_bytes,
                     reason=result.reason,
-                    done=sum(counts(t) for t in study.get_trials(deepcopy=False)),
+                    done=progress.finished(result.status),
                     total=cfg.trials,
                     best_metric=best,
                 )
             )
+
+
+def _suggest(
+    trial: Any, cfg: SearchConfig, plan: TrialPlan, norms: tuple[str, ...], device: Any, threads: int
+) -> tuple[Any, float]:
+    """The trial's configuration, sampled by the study's sampler, and its base LR (before the LR rule)."""
+    from batchtune.train import TrialSpec
+
+    batch_size = trial.suggest_categorical("batch_size", list(plan.sizes))
+    base_lr, lr = plan.learning_rates(trial.suggest_float(plan.lr_param, cfg.lr_min, cfg.lr_max, log=True), int(batch_size))
+    split = plan.splits[int(batch_size)]
+    norm = trial.suggest_categorical("norm", list(norms))
+    precision = (
+        trial.suggest_categorical("precision", list(cfg.precisions)) if len(cfg.precisions) > 1 else cfg.precisions[0]
+    )
+    spec = TrialSpec(
+        batch_size=split.micro,
+        lr=float(lr),
+        norm=str(norm),
+        device=device,
+        seed=cfg.seed,
+        epochs=cfg.epochs if cfg.budget_samples is None else None,
+        budget_samples=cfg.budget_samples,
+        eval_every=cfg.eval_every,
+        precision=str(precision),
+        threads=threads,
+        lr_warmup_epochs=plan.warmup_epochs,
+        accumulate=split.steps,
+    )
+    return spec, base_lr
+
+
+def _claim(study: Any, total: int, trials: list[Any], *, known: int) -> Any | None:
+    """A new trial (a :class:`~batchtune.ledger.LeanTrial`), or None when the study already has its ``total``.
+
+    ``known`` is how many of ``trials``, the study as the caller read it just before, counted, ran or
+    waited. Trial numbers are handed out in order, so at most ``trial.number - len(trials)`` trials were
+    created since that read: while ``known`` plus those stays below the total, this trial is within it
+    and the exact count (a read of every trial) is not needed. Near the total, another worker may have
+    asked at the same moment, and the trials that count or run are ranked by number.
+    """
+    from optuna.trial import TrialState
+
+    from batchtune.ledger import LeanTrial
+
+    trial = LeanTrial.claim(study, trials, {"worker": _owner()})
+    if known + max(0, trial.number - len(trials)) < total:
+        return trial
+    ranked = sorted(
+        t.number for t in study.get_trials(deepcopy=False) if counts(t) or t.state == TrialState.RUNNING
+    )
+    if trial.number in ranked[:total]:
+        return trial
+    trial.set_user_attr("status", "surplus")
+    trial.tell(state=TrialState.FAIL)
+    return None
 
 
 def _record(
@@ -584,33 +623,33 @@ def _record(
     if result.status == "ok" and data["reason"] is None:
         data["reason"] = plan.miss_reason(result)
     data["step_times"] = data["step_times"][:2000]
-    status, reason = data.pop("status"), data.pop("reason")
-    # One attribute for the measurements: each set_user_attr is a storage round trip (a commit on
-    # RDB storage), and the coordinator's time per trial must stay small.
-    trial.set_user_attr("result", data)
-    trial.set_user_attr("status", status)
-    trial.set_user_attr("reason", reason)
     metric_ok = result.final_metric is not None and math.isfinite(result.final_metric)
-    if result.status == "ok" and metric_ok and result.throughput:
-        if cfg.memory_budget is not None:
-            # Optuna treats a constraint value <= 0 as feasible; the sampler learns the boundary.
-            over = (result.peak_memory_bytes - cfg.memory_budget) / cfg.memory_budget
-            trial.set_constraint("memory", over)
-            if over > 0:
-                trial.set_user_attr("reason", f"peak memory above the --memory-budget by {over:.1%}")
+    measured = result.status == "ok" and metric_ok and bool(result.throughput)
+    over = None
+    if measured and cfg.memory_budget is not None:
+        over = (result.peak_memory_bytes - cfg.memory_budget) / cfg.memory_budget
+        if over > 0:
+            data["reason"] = f"peak memory above the --memory-budget by {over:.1%}"
+    if result.status == "ok" and not measured:
+        # Trained, but too short to time or evaluate: it cannot be compared with the others.
+        data["status"] = "failed"
+        data["reason"] = "the training budget was too short to time or evaluate; raise --epochs"
+    # One attribute for the measurements, status and reason: each set_user_attr is a storage round
+    # trip (a commit on RDB storage), and the coordinator's time per trial must stay small.
+    trial.set_user_attr("result", data)
+    if over is not None:
+        # Optuna treats a constraint value <= 0 as feasible; the sampler learns the boundary.
+        trial.set_constraint("memory", over)
+    if measured:
         values = plan.objective_values(result)
-        study.tell(trial, values or [result.final_metric, result.throughput, float(result.peak_memory_bytes or 0)])
+        trial.tell(values or [result.final_metric, result.throughput, float(result.peak_memory_bytes or 0)])
         return
     if result.status == "pruned":
-        study.tell(trial, state=TrialState.PRUNED)
+        trial.tell(state=TrialState.PRUNED)
         return
-    if result.status == "ok":
-        # Trained, but too short to time or evaluate: it cannot be compared with the others.
-        trial.set_user_attr("status", "failed")
-        trial.set_user_attr("reason", "the training budget was too short to time or evaluate; raise --epochs")
     if result.status == "oom":
         trial.set_constraint("memory", 1.0)
-    study.tell(trial, state=TrialState.FAIL)
+    trial.tell(state=TrialState.FAIL)
 
 
 def load_result(study: Any, url: str, cfg: SearchConfig | None = None) -> SearchResult:

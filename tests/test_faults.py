@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from batchtune.results import status
 from batchtune.task import load_task, make_dataset
 from batchtune.train import TrialSpec, run_trial
 
@@ -134,7 +135,7 @@ def test_ctrl_c_marks_trial_interrupted_writes_report_exits_130(tasks, workdir):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     study = _study()
-    statuses = [t.user_attrs.get("status") for t in study.trials]
+    statuses = [status(t) for t in study.trials]
     assert "interrupted" in statuses
     summary = json.loads((workdir / "reports" / "faulty" / "summary.json").read_text())
     assert summary["n_trials"] == statuses.count("ok") >= 1
@@ -148,7 +149,7 @@ def test_parallel_workers_make_exactly_the_requested_trials(cli, tasks, workdir)
     from batchtune.results import counts
 
     counted = [t for t in study.trials if counts(t)]
-    assert len(counted) == 6 and all(t.user_attrs["status"] == "ok" for t in counted)
+    assert len(counted) == 6 and all(status(t) == "ok" for t in counted)
     assert "database is locked" not in result.output
     pids = {t.user_attrs["worker"]["pid"] for t in counted}
     assert len(pids) == 1  # one coordinator process, two worker threads/processes

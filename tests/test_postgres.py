@@ -11,6 +11,8 @@ import uuid
 import optuna
 import pytest
 
+from batchtune.results import status
+
 URL = os.environ.get("BATCHTUNE_TEST_POSTGRES_URL")
 pytestmark = [
     pytest.mark.postgres,
@@ -32,7 +34,7 @@ def test_two_workers_share_one_study_and_stop_at_the_total(tasks, workdir):
 
     stored = optuna.load_study(study_name=study, storage=URL)
     counted = [t for t in stored.trials if counts(t)]
-    assert len(counted) == 6 and all(t.user_attrs["status"] == "ok" for t in counted)
+    assert len(counted) == 6 and all(status(t) == "ok" for t in counted)
     # Both processes ran trials.
     assert len({t.user_attrs["worker"]["pid"] for t in counted}) == 2
     password = URL.split(":")[2].split("@")[0]

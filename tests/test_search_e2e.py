@@ -7,6 +7,8 @@ import json
 import optuna
 import pandas as pd
 
+from batchtune.results import measurements
+
 FAST = ["--epochs", "2", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor"]
 
 
@@ -33,7 +35,7 @@ def test_search_writes_report_and_recommends(cli, tasks, workdir):
     # The study is the source of truth: measurements live in its user attributes.
     study = optuna.load_study(study_name="tiny_mlp", storage="sqlite:///studies/tiny_mlp.db")
     attrs = study.trials[0].user_attrs
-    assert attrs["status"] == "ok" and attrs["result"]["throughput"] > 0 and len(attrs["result"]["curve"]) == 2
+    assert attrs["result"]["status"] == "ok" and "status" not in attrs and attrs["result"]["throughput"] > 0 and len(attrs["result"]["curve"]) == 2
 
 
 def test_resume_adds_trials_up_to_total(cli, tasks, workdir):
@@ -120,7 +122,7 @@ def test_memory_budget_is_an_optuna_constraint(cli, tasks, workdir):
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.COMPLETE
         assert t.constraints["memory"] > 0
-        assert "above the --memory-budget" in t.user_attrs["reason"]
+        assert "above the --memory-budget" in measurements(t)["reason"]
     summary = json.loads((workdir / "reports" / "tiny_mlp" / "summary.json").read_text())
     assert summary["recommendation"] is None and summary["memory_budget_bytes"] == 2**20
     assert "over budget" in (workdir / "reports" / "tiny_mlp" / "report.md").read_text()

@@ -64,8 +64,8 @@ def test_time_to_target_search_prunes_a_lagging_trial(cli, tasks, workdir):
     assert measurements(first)["samples"] == measurements(first)["samples_to_target"] < 3 * 512
     assert first.value == pytest.approx(measurements(first)["samples_to_target"] / measurements(first)["throughput"])
     assert second.state == optuna.trial.TrialState.PRUNED
-    assert second.user_attrs["status"] == "pruned" and measurements(second)["reached_target"] is False
-    assert "pruned by successive halving at 256 samples" in second.user_attrs["reason"]
+    assert measurements(second)["status"] == "pruned" and measurements(second)["reached_target"] is False
+    assert "pruned by successive halving at 256 samples" in measurements(second)["reason"]
     trials = pd.read_csv(workdir / "reports" / "tiny_mlp" / "trials.csv")
     assert list(trials["status"]) == ["ok", "pruned"]
     summary = json.loads((workdir / "reports" / "tiny_mlp" / "summary.json").read_text())
