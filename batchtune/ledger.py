@@ -5,11 +5,13 @@ and ``Study.tell`` cost about 70 SQL statements a trial: the new trial is read b
 ``set_constraint`` reads every system attribute first, and ``tell`` reads the whole trial twice.
 :class:`LeanTrial` does the same work through the storage's and the sampler's own interfaces
 (``create_new_trial`` with a template, ``sample_relative``/``sample_independent``,
-``set_trial_state_values``) and keeps the trial's state locally, which halves the statements
+``set_trial_state_values``) and keeps the trial's state locally: about 40 statements
 (``benchmarks/coordinator_overhead.py`` prints them). The study's sampler still decides every value.
 
-A re-queued trial (WAITING: the retry of a dead worker's trial) is taken with ``Study.ask``, which
-is the only public way to claim it atomically; its stored parameters are then reused as they are.
+The coordinator creates its trial first and then reads the study once: that read gives the trial's
+number, the counts for the ``--trials`` total and the sampler's view of the study. A re-queued trial
+(WAITING: enqueued, or the retry of a dead worker's trial) is taken with ``Study.ask``, the only
+public way to claim it atomically; Optuna then suggests its stored parameters.
 """
 
 from __future__ import annotations
@@ -50,41 +52,39 @@ class LeanTrial:
         return self.frozen._trial_id
 
     @classmethod
-    def claim(cls, study: Any, trials: Sequence[FrozenTrial], user_attrs: dict[str, Any]) -> LeanTrial:
-        """A new RUNNING trial with ``user_attrs``; ``trials`` is the study as read just before.
+    def claim(cls, study: Any, user_attrs: dict[str, Any], *, take_waiting: bool) -> LeanTrial:
+        """A new RUNNING trial with ``user_attrs``; :meth:`locate` must follow.
 
-        When the study has WAITING trials (enqueued, or the retry of a dead worker's trial), one of
-        them is taken instead with ``Study.ask``, and its fixed parameters are suggested by Optuna.
+        With ``take_waiting`` (the study has WAITING trials: enqueued, or the retry of a dead
+        worker's trial), one of them is taken with ``Study.ask`` instead, and Optuna suggests its
+        fixed parameters.
         """
-        storage = study._storage
-        if any(t.state == TrialState.WAITING for t in trials):
+        if take_waiting:
             trial = study.ask()
             for key, value in user_attrs.items():
                 trial.set_user_attr(key, value)
-            lean = cls(study, storage.get_trial(trial._trial_id))
+            lean = cls(study, _running(trial._trial_id, user_attrs))
             lean._full = trial
             return lean
-        template = FrozenTrial(
-            number=-1,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=datetime.datetime.now(),
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs=dict(user_attrs),
-            system_attrs={},
-            intermediate_values={},
-            trial_id=-1,
-        )
-        trial_id = storage.create_new_trial(study._study_id, template_trial=template)
-        frozen = storage.get_trial(trial_id)  # its number, given out by the storage
-        # What Study.ask does: the sampler's per-thread view of the study is refreshed once a trial.
-        # The trials read a moment ago serve the search-space inference; the sampler reads the
-        # running trials itself (constant liar).
-        study._thread_local.cached_all_trials = list(trials)
-        study.sampler.before_trial(study, frozen)
-        return cls(study, frozen)
+        # One transaction for the trial and its attributes, and no read back.
+        template = _running(-1, user_attrs)
+        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+        return cls(study, _running(trial_id, user_attrs))
+
+    def locate(self, trials: Sequence[FrozenTrial]) -> bool:
+        """Take this trial's number from ``trials``, the study read after :meth:`claim`; False if absent."""
+        for t in trials:
+            if t._trial_id == self.trial_id:
+                self.frozen.number = t.number
+                break
+        else:
+            return False
+        # What Study.ask does: the sampler's per-thread view of the study is refreshed once a trial,
+        # here with the trials just read (the sampler reads the running ones itself: constant liar).
+        self.study._thread_local.cached_all_trials = list(trials)
+        if self._full is None:
+            self.study.sampler.before_trial(self.study, self.frozen)
+        return True
 
     # Sampling, as optuna.Trial._suggest does it.
     def _relative_params(self) -> dict[str, Any]:
@@ -160,6 +160,22 @@ class LeanTrial:
             self.study._storage.set_trial_state_values(self.trial_id, state, vals)
             self.study._thread_local.cached_all_trials = None
             self.frozen.state = state
+
+
+def _running(trial_id: int, user_attrs: dict[str, Any]) -> FrozenTrial:
+    return FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs=dict(user_attrs),
+        system_attrs={},
+        intermediate_values={},
+        trial_id=trial_id,
+    )
 
 
 def _single_value(distribution: BaseDistribution) -> Any:

@@ -490,24 +490,28 @@ def _worker_loop(
     from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.trial import TrialState
 
-
+    room = False  # the study's last read left room for this trial: no need to read it before claiming
+    waiting = False
     while not stop.is_set():
         if deadline is not None and time.monotonic() >= deadline:
             return
-        trials = study.get_trials(deepcopy=False)
-        done = sum(counts(t) for t in trials)
-        waiting = sum(t.state == TrialState.WAITING for t in trials)
-        running = sum(t.state == TrialState.RUNNING for t in trials)
-        progress.seen(done)
-        if done >= cfg.trials:
-            return
-        if done + running >= cfg.trials and not waiting:
-            # Others are running the last trials; wait in case one dies and is re-queued.
-            time.sleep(1.0)
-            optuna.storages.fail_stale_trials(study)
-            reap_dead_local_trials(study)
-            continue
-        trial = _claim(study, cfg.trials, trials, known=done + running + waiting)
+        if not room:
+            tally = _Tally(study.get_trials(deepcopy=False))
+            progress.seen(tally.done)
+            if tally.done >= cfg.trials:
+                return
+            if tally.done + tally.running >= cfg.trials and not tally.waiting:
+                # Others are running the last trials; wait in case one dies and is re-queued.
+                time.sleep(1.0)
+                optuna.storages.fail_stale_trials(study)
+                reap_dead_local_trials(study)
+                continue
+            waiting = tally.waiting > 0
+        trial, tally = _claim(study, cfg.trials, take_waiting=waiting)
+        progress.seen(tally.done)
+        # After this trial, is there still room for another one? (Other workers may take it first:
+        # then the next claim finds out, and tells its trial "surplus".)
+        room, waiting = tally.done + tally.running < cfg.trials, tally.waiting > 0
         if trial is None:
             continue
         spec, base_lr = _suggest(trial, cfg, plan, norms, runner.device, threads)
@@ -577,30 +581,40 @@ def _suggest(
     return spec, base_lr
 
 
-def _claim(study: Any, total: int, trials: list[Any], *, known: int) -> Any | None:
-    """A new trial (a :class:`~batchtune.ledger.LeanTrial`), or None when the study already has its ``total``.
+class _Tally:
+    """What a read of the study says: trials that count towards the total, run, and wait."""
 
-    ``known`` is how many of ``trials``, the study as the caller read it just before, counted, ran or
-    waited. Trial numbers are handed out in order, so at most ``trial.number - len(trials)`` trials were
-    created since that read: while ``known`` plus those stays below the total, this trial is within it
-    and the exact count (a read of every trial) is not needed. Near the total, another worker may have
-    asked at the same moment, and the trials that count or run are ranked by number.
+    def __init__(self, trials: list[Any]) -> None:
+        from optuna.trial import TrialState
+
+        self.trials = trials
+        self.done = sum(counts(t) for t in trials)
+        self.running = sum(t.state == TrialState.RUNNING for t in trials)
+        self.waiting = sum(t.state == TrialState.WAITING for t in trials)
+
+
+def _claim(study: Any, total: int, *, take_waiting: bool) -> tuple[Any | None, _Tally]:
+    """A new trial (a :class:`~batchtune.ledger.LeanTrial`) and the study as read right after.
+
+    The trial is None when the study already had its ``total`` (another worker asked at the same
+    moment): it is then told FAIL with status "surplus", which does not count. The trials that count
+    or run are ranked by number, which the storage hands out in order; this trial must be within the
+    first ``total``.
     """
     from optuna.trial import TrialState
 
     from batchtune.ledger import LeanTrial
 
-    trial = LeanTrial.claim(study, trials, {"worker": _owner()})
-    if known + max(0, trial.number - len(trials)) < total:
-        return trial
-    ranked = sorted(
-        t.number for t in study.get_trials(deepcopy=False) if counts(t) or t.state == TrialState.RUNNING
-    )
+    trial = LeanTrial.claim(study, {"worker": _owner()}, take_waiting=take_waiting)
+    tally = _Tally(study.get_trials(deepcopy=False))
+    if not trial.locate(tally.trials):
+        raise StorageError(f"trial {trial.trial_id} vanished from the study right after it was created; is another program deleting trials?")
+    ranked = sorted(t.number for t in tally.trials if counts(t) or t.state == TrialState.RUNNING)
     if trial.number in ranked[:total]:
-        return trial
+        return trial, tally
     trial.set_user_attr("status", "surplus")
     trial.tell(state=TrialState.FAIL)
-    return None
+    return None, tally
 
 
 def _record(

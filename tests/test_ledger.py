@@ -30,9 +30,8 @@ def setup(tmp_path):
 
 
 def one_trial(study, cfg, plan, i, peak=2**28):
-    trials = study.get_trials(deepcopy=False)
-    known = sum(counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
-    trial = _claim(study, cfg.trials, trials, known=known)
+    waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    trial, _ = _claim(study, cfg.trials, take_waiting=waiting)
     if trial is None:
         return None
     spec, base_lr = _suggest(trial, cfg, plan, NORMS, "cpu", 1)
@@ -103,9 +102,9 @@ def test_claims_past_the_total_are_surplus_and_enqueued_parameters_are_kept(setu
         assert first.params == {"batch_size": 32, "lr": 0.02, "norm": "group"}
         for i in range(1, cfg.trials):
             one_trial(study, cfg, plan, i)
-        # A worker that read the study before the last trial finished, thinking one was left.
-        trials = study.get_trials(deepcopy=False)[:-1]
-        assert _claim(study, cfg.trials, trials, known=cfg.trials - 1) is None
+        # A worker that read the study before the last trial finished, and thought one was left.
+        trial, tally = _claim(study, cfg.trials, take_waiting=False)
+        assert trial is None and tally.done == cfg.trials
     last = study.get_trials()[-1]
     assert last.state == TrialState.FAIL and last.user_attrs["status"] == "surplus" and not counts(last)
     assert sum(counts(t) for t in study.get_trials()) == cfg.trials
