@@ -490,31 +490,24 @@ def _worker_loop(
     from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.trial import TrialState
 
-    room = False  # the study's last read left room for this trial: no need to read it before claiming
-    waiting = False
+    space = _space(cfg, plan, norms)
     while not stop.is_set():
         if deadline is not None and time.monotonic() >= deadline:
             return
-        if not room:
-            tally = _Tally(study.get_trials(deepcopy=False))
-            progress.seen(tally.done)
-            if tally.done >= cfg.trials:
-                return
-            if tally.done + tally.running >= cfg.trials and not tally.waiting:
-                # Others are running the last trials; wait in case one dies and is re-queued.
-                time.sleep(1.0)
-                optuna.storages.fail_stale_trials(study)
-                reap_dead_local_trials(study)
-                continue
-            waiting = tally.waiting > 0
-        trial, tally = _claim(study, cfg.trials, take_waiting=waiting)
+        tally = _Tally(study.get_trials(deepcopy=False))
         progress.seen(tally.done)
-        # After this trial, is there still room for another one? (Other workers may take it first:
-        # then the next claim finds out, and tells its trial "surplus".)
-        room, waiting = tally.done + tally.running < cfg.trials, tally.waiting > 0
+        if tally.done >= cfg.trials:
+            return
+        if tally.done + tally.running >= cfg.trials and not tally.waiting:
+            # Others are running the last trials; wait in case one dies and is re-queued.
+            time.sleep(1.0)
+            optuna.storages.fail_stale_trials(study)
+            reap_dead_local_trials(study)
+            continue
+        trial = _claim(study, cfg.trials, space, tally.trials)
         if trial is None:
             continue
-        spec, base_lr = _suggest(trial, cfg, plan, norms, runner.device, threads)
+        spec, base_lr = _trial_spec(trial.params, cfg, plan, runner.device, threads)
         if stop.is_set():
             trial.set_user_attr("status", "interrupted")
             trial.set_user_attr("reason", "interrupted (Ctrl-C) before the trial started")
@@ -551,29 +544,39 @@ def _worker_loop(
             )
 
 
-def _suggest(
-    trial: Any, cfg: SearchConfig, plan: TrialPlan, norms: tuple[str, ...], device: Any, threads: int
+def _space(cfg: SearchConfig, plan: TrialPlan, norms: tuple[str, ...]) -> dict[str, Any]:
+    """The parameters the study's sampler chooses, with their distributions."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    space = {
+        "batch_size": CategoricalDistribution(list(plan.sizes)),
+        plan.lr_param: FloatDistribution(cfg.lr_min, cfg.lr_max, log=True),
+        "norm": CategoricalDistribution(list(norms)),
+    }
+    if len(cfg.precisions) > 1:
+        space["precision"] = CategoricalDistribution(list(cfg.precisions))
+    return space
+
+
+def _trial_spec(
+    params: dict[str, Any], cfg: SearchConfig, plan: TrialPlan, device: Any, threads: int
 ) -> tuple[Any, float]:
-    """The trial's configuration, sampled by the study's sampler, and its base LR (before the LR rule)."""
+    """What the worker runs for the sampled ``params``, and the base LR (before the LR rule)."""
     from batchtune.train import TrialSpec
 
-    batch_size = trial.suggest_categorical("batch_size", list(plan.sizes))
-    base_lr, lr = plan.learning_rates(trial.suggest_float(plan.lr_param, cfg.lr_min, cfg.lr_max, log=True), int(batch_size))
-    split = plan.splits[int(batch_size)]
-    norm = trial.suggest_categorical("norm", list(norms))
-    precision = (
-        trial.suggest_categorical("precision", list(cfg.precisions)) if len(cfg.precisions) > 1 else cfg.precisions[0]
-    )
+    batch_size = int(params["batch_size"])
+    base_lr, lr = plan.learning_rates(params[plan.lr_param], batch_size)
+    split = plan.splits[batch_size]
     spec = TrialSpec(
         batch_size=split.micro,
         lr=float(lr),
-        norm=str(norm),
+        norm=str(params["norm"]),
         device=device,
         seed=cfg.seed,
         epochs=cfg.epochs if cfg.budget_samples is None else None,
         budget_samples=cfg.budget_samples,
         eval_every=cfg.eval_every,
-        precision=str(precision),
+        precision=str(params.get("precision", cfg.precisions[0])),
         threads=threads,
         lr_warmup_epochs=plan.warmup_epochs,
         accumulate=split.steps,
@@ -593,28 +596,29 @@ class _Tally:
         self.waiting = sum(t.state == TrialState.WAITING for t in trials)
 
 
-def _claim(study: Any, total: int, *, take_waiting: bool) -> tuple[Any | None, _Tally]:
-    """A new trial (a :class:`~batchtune.ledger.LeanTrial`) and the study as read right after.
+def _claim(study: Any, total: int, space: dict[str, Any], trials: list[Any]) -> Any | None:
+    """A new trial (a :class:`~batchtune.ledger.LeanTrial`), or None when the study already has its ``total``.
 
-    The trial is None when the study already had its ``total`` (another worker asked at the same
-    moment): it is then told FAIL with status "surplus", which does not count. The trials that count
-    or run are ranked by number, which the storage hands out in order; this trial must be within the
-    first ``total``.
+    ``trials`` is the study as read just before. The trials that count or run are ranked by number,
+    which the storage hands out in order, and this one must be within the first ``total``; otherwise
+    another worker asked at the same moment, and the trial is told FAIL with status "surplus", which
+    does not count. When no trial was created since the read, the read is enough: the trials before
+    this one that counted, ran or waited then are all that can count or run now.
     """
     from optuna.trial import TrialState
 
     from batchtune.ledger import LeanTrial
 
-    trial = LeanTrial.claim(study, {"worker": _owner()}, take_waiting=take_waiting)
-    tally = _Tally(study.get_trials(deepcopy=False))
-    if not trial.locate(tally.trials):
-        raise StorageError(f"trial {trial.trial_id} vanished from the study right after it was created; is another program deleting trials?")
-    ranked = sorted(t.number for t in tally.trials if counts(t) or t.state == TrialState.RUNNING)
+    trial = LeanTrial.claim(study, space, {"worker": _owner()}, trials)
+    before = [t for t in trials if t.number < trial.number]
+    if trial.number == len(trials) and sum(counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING) for t in before) < total:
+        return trial
+    ranked = sorted(t.number for t in study.get_trials(deepcopy=False) if counts(t) or t.state == TrialState.RUNNING)
     if trial.number in ranked[:total]:
-        return trial, tally
+        return trial
     trial.set_user_attr("status", "surplus")
     trial.tell(state=TrialState.FAIL)
-    return None, tally
+    return None
 
 
 def _record(
@@ -651,8 +655,10 @@ def _record(
     # One attribute for the measurements, status and reason: each set_user_attr is a storage round
     # trip (a commit on RDB storage), and the coordinator's time per trial must stay small.
     trial.set_user_attr("result", data)
-    if over is not None:
-        # Optuna treats a constraint value <= 0 as feasible; the sampler learns the boundary.
+    if over is not None and over > 0:
+        # Optuna treats a trial without constraints, or with values <= 0, as feasible, and its
+        # samplers use only the positive values (the violation); storing the margin of a feasible
+        # trial would cost a transaction and change nothing. The sampler learns the boundary.
         trial.set_constraint("memory", over)
     if measured:
         values = plan.objective_values(result)

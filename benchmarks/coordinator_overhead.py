@@ -29,9 +29,10 @@ from batchtune.study import (
     _claim,
     _Progress,
     _record,
-    _suggest,
+    _space,
     _Tally,
     _trial_plan,
+    _trial_spec,
     quiet_optuna,
 )
 from batchtune.train import TrialResult
@@ -64,17 +65,15 @@ def measure(url: str, n: int) -> dict[str, tuple[list[float], float]]:
     plan = _trial_plan(cfg, SIZES, 1000, "sgd", "max")
     progress = _Progress(n, "max")
     out: dict[str, tuple[list[float], float]] = {"batchtune": ([], 0.0), "optuna ask/tell": ([], 0.0)}
-    room = False
+    space = _space(cfg, plan, NORMS)
     for i in range(n):
         # batchtune.study._worker_loop around runner.run: the same calls in the same order.
         statements[0] = 0
         start = time.perf_counter()
-        if not room:
-            progress.seen(_Tally(lean.get_trials(deepcopy=False)).done)
-        trial, tally = _claim(lean, cfg.trials, take_waiting=False)
+        tally = _Tally(lean.get_trials(deepcopy=False))
         progress.seen(tally.done)
-        room = tally.done + tally.running < cfg.trials
-        spec, base_lr = _suggest(trial, cfg, plan, NORMS, "cpu", 1)
+        trial = _claim(lean, cfg.trials, space, tally.trials)
+        spec, base_lr = _trial_spec(trial.params, cfg, plan, "cpu", 1)
         result = _result(i)
         _record(lean, trial, result, spec, cfg, plan, base_lr, "cpu")
         progress.finished(result.status)
