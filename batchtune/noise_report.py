@@ -96,6 +96,8 @@ def noise_markdown(report: NoiseReport, plot: str | None = None, heading: str = 
         f"estimators, numerator and denominator averaged over steps separately, bootstrap band over steps). "
         f"The burst trained at batch {report.b_small}, lr {report.lr:.3g}.",
         "",
+        *(f"**Warning:** {w}." for w in report.warnings),
+        *([""] if report.warnings else []),
         phase_table(report),
         "",
     ]
@@ -171,7 +173,7 @@ def _clean(value: Any) -> Any:
 
 
 def noise_lines(report: NoiseReport) -> list[str]:
-    """Terminal summary of a noise measurement."""
+    """Terminal summary of a noise measurement (the warnings are separate: :attr:`NoiseReport.warnings`)."""
     lines = []
     for p in report.phases:
         e = p.estimate

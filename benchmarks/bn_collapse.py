@@ -28,7 +28,13 @@ import torch
 from torch import nn
 
 from batchtune.task import build_model, build_optimizer, load_task, make_dataset
-from batchtune.train import TrialSpec, evaluate, run_trial, seed_everything, train_batches
+from batchtune.train import (
+    TrialSpec,
+    evaluate,
+    run_trial,
+    seed_everything,
+    train_batches,
+)
 
 TASK = "examples/digits_mlp.py"
 SIZES = (2, 3, 4, 8, 32)
@@ -89,7 +95,7 @@ def part2(task, train, val, table, epochs):
         first = _bn_layers(model)[0]
         seen = []
 
-        def hook(module, inputs, _output):
+        def hook(module, inputs, _output, seen=seen):
             # The normalization BatchNorm applies in training: biased batch variance (Ioffe and Szegedy 2015).
             x = inputs[0].detach()
             xhat = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + module.eps)
