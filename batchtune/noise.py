@@ -230,9 +230,9 @@ def _grad_sq_norm(task: Any, model: Any, inputs: Any, target: Any) -> tuple[floa
 
 
 def _batchnorms(model: Any) -> list[Any]:
-    from torch import nn
+    from batchtune.norm import batchnorm_layers
 
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return batchnorm_layers(model)
 
 
 def precise_batchnorm(model: Any, batches: Iterator[tuple[Any, Any]], samples: int, device: Any) -> int:
@@ -581,6 +581,8 @@ def batchnorm_warning(layers: int, b_small: int) -> str:
     return (
         f"the model has {layers} BatchNorm layer(s) in train mode: a sample's gradient depends on its batch mates "
         f"(the statistics of the batch), but the estimator assumes independent per-sample gradients (McCandlish et "
-        f"al. 2018, appendix A), so B_simple is biased, usually too high (the statistics of {b_small} samples add "
-        "noise that the big batch lacks); measure with --batchnorm-stats running, or the --norm group model"
+        f"al. 2018, appendix A), so B_simple is biased, usually too high or not resolved (the statistics of {b_small} "
+        "samples add noise that the big batch lacks); --batchnorm-stats running removes the bias but leaves out the "
+        "noise of batch statistics in training, so treat either value as rough and check the batch size with "
+        "batchtune search --objective time-to-target"
     )
