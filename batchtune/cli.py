@@ -385,10 +385,12 @@ def report(study: str, storage: str | None, output_dir: str, tolerance: Any, cur
 @click.option("--name", default=None, help="Report folder name under --output [default: the task file's stem].")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print noise.json to stdout instead of the summary.")
+@click.option("--batchnorm-stats", "bn_stats", type=click.Choice(["batch", "running"]), default="batch", show_default=True,
+              help="BatchNorm while measuring: batch statistics as in training, or precise running statistics, frozen (per-sample gradients independent).")
 @handle_errors
 def noise(task: str, norm: str | None, lr: float | None, batch_small: int, batch_big: int, steps: int,
           burst_epochs: float, batch_sizes: tuple[int, ...] | None, throughput_steps: int, device: str, seed: int,
-          threads: int | None, output_dir: str, name: str | None, no_plots: bool, as_json: bool) -> None:
+          threads: int | None, output_dir: str, name: str | None, no_plots: bool, as_json: bool, bn_stats: str) -> None:
     """Measure the gradient noise scale of TASK and the batch size that maximises goodput."""
     from batchtune.noise import NoiseConfig, run_noise
     from batchtune.noise_report import noise_lines, write_noise_report
@@ -397,10 +399,12 @@ def noise(task: str, norm: str | None, lr: float | None, batch_small: int, batch
     config = NoiseConfig(
         task_path=task, norm=norm, lr=lr, b_small=batch_small, b_big=batch_big, steps=steps,
         burst_epochs=burst_epochs, batch_sizes=batch_sizes, throughput_steps=throughput_steps, device=device,
-        seed=seed, threads=threads,
+        seed=seed, threads=threads, bn_stats=bn_stats,
     )
     result = run_noise(config)
     paths = write_noise_report(result, Path(output_dir) / (name or Path(task).stem), plots=not no_plots)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(_clean(result.to_dict()), indent=2))
         return

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 CONFIDENCE = 0.95  # two-sided bootstrap interval of B_simple
 BOOTSTRAP = 2000
+BN_STATS = ("batch", "running")  # how BatchNorm normalizes while gradients are measured
+PRECISE_BN_SAMPLES = 4096  # training samples whose statistics replace the running averages (PreciseBN)
 
 
 # ----------------------------------------------------------------------------------- the estimator
@@ -129,8 +131,11 @@ class NoiseConfig:
     seed: int = 0
     threads: int | None = None
     timeout: float | None = 1800.0
+    bn_stats: str = "batch"  # "batch": as in training; "running": precise running statistics, frozen
 
     def validated(self) -> NoiseConfig:
+        if self.bn_stats not in BN_STATS:
+            raise UsageError(f"--batchnorm-stats {self.bn_stats!r} is not one of {', '.join(BN_STATS)}")
         if self.b_small < 1:
             raise UsageError(f"--batch-small {self.b_small} must be at least 1")
         if self.b_big <= self.b_small:
@@ -177,6 +182,8 @@ class GradientNoise:
     phases: tuple[NoisePhase, ...]
     train_size: int
     device: str
+    batchnorm_layers: int = 0
+    bn_stats: str = "batch"
 
 
 @contextlib.contextmanager
@@ -222,18 +229,66 @@ def _grad_sq_norm(task: Any, model: Any, inputs: Any, target: Any) -> tuple[floa
     return float(total), float(loss.detach())
 
 
+def _batchnorms(model: Any) -> list[Any]:
+    from batchtune.norm import batchnorm_layers
+
+    return batchnorm_layers(model)
+
+
+def precise_batchnorm(model: Any, batches: Iterator[tuple[Any, Any]], samples: int, device: Any) -> int:
+    """Replace BatchNorm's running averages by the statistics of about ``samples`` training samples.
+
+    PreciseBN (Wu and Johnson 2021, "Rethinking 'Batch' in BatchNorm", sec. 3): forward passes in
+    train mode with ``momentum=None`` (a cumulative average), no gradients. Returns the samples used.
+    """
+    import torch
+
+    from batchtune.task import forward
+    from batchtune.train import batch_len, to_device
+
+    layers = _batchnorms(model)
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    seen = 0
+    with torch.no_grad():
+        while seen < samples:
+            inputs, target = next(batches)
+            forward(model, to_device(inputs, device))
+            seen += batch_len(target, 1)
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    return seen
+
+
 def measure_norms(
-    task: Any, model: Any, batches: Iterator[tuple[Any, Any]], b_small: int, b_big: int, steps: int, device: Any
+    task: Any,
+    model: Any,
+    batches: Iterator[tuple[Any, Any]],
+    b_small: int,
+    b_big: int,
+    steps: int,
+    device: Any,
+    bn_stats: str = "batch",
 ) -> tuple[list[float], list[float], float]:
     """Squared gradient norms at ``b_big`` and (averaged over its ``b_big // b_small`` chunks) at ``b_small``.
 
     The parameters are not updated, so every step measures the same gradient distribution. Each big
     batch is cut into disjoint small batches: each chunk's squared norm is an unbiased estimate of
-    E|G_small|^2, and their mean has less variance than one chunk.
+    E|G_small|^2, and their mean has less variance than one chunk. With ``bn_stats="running"``
+    BatchNorm layers normalize with precise running statistics (recomputed first, then frozen in eval
+    mode), so a sample's gradient no longer depends on its batch mates, as the estimator assumes.
     """
     from batchtune.train import to_device
 
+    if bn_stats == "running" and _batchnorms(model):
+        precise_batchnorm(model, batches, PRECISE_BN_SAMPLES, device)
     model.train()
+    if bn_stats == "running":
+        for m in _batchnorms(model):
+            m.eval()
     chunks = b_big // b_small
     small_sq: list[float] = []
     big_sq: list[float] = []
@@ -252,6 +307,7 @@ def measure_norms(
         small_sq.append(float(np.mean(parts)))
         losses.append(loss)
     model.zero_grad(set_to_none=True)
+    model.train()
     return small_sq, big_sq, float(np.mean(losses))
 
 
@@ -267,6 +323,7 @@ def measure_gradient_noise(
     device: str,
     seed: int,
     threads: int | None,
+    bn_stats: str = "batch",
 ) -> GradientNoise:
     """Measure B_simple on a fresh model at initialisation and after a short training burst.
 
@@ -303,10 +360,11 @@ def measure_gradient_noise(
             lr = 0.05 if optimizer_family(task) == "sgd" else 1e-3
         seed_everything(seed)
         model = build_model(task, chosen).to(dev)
+        batchnorm_layers = len(_batchnorms(model))
         measure_gen = torch.Generator().manual_seed(seed + 1)
         batches = train_batches(train, b_big, measure_gen, pin=False)
         phases = []
-        small, big, loss = measure_norms(task, model, batches, b_small, b_big, steps, dev)
+        small, big, loss = measure_norms(task, model, batches, b_small, b_big, steps, dev, bn_stats)
         phases.append(NoisePhase("initialisation", 0.0, loss, estimate_from_norms(small, big, b_small, b_big, seed=seed)))
         if burst_epochs > 0:
             optimizer = build_optimizer(task, model, lr)
@@ -325,11 +383,12 @@ def measure_gradient_noise(
                 step_loss.backward()
                 optimizer.step()
             del optimizer
-            small, big, loss = measure_norms(task, model, batches, b_small, b_big, steps, dev)
+            small, big, loss = measure_norms(task, model, batches, b_small, b_big, steps, dev, bn_stats)
             label = f"after {burst_epochs:g} epoch{'s' if burst_epochs != 1 else ''}"
             phases.append(NoisePhase(label, burst_epochs, loss, estimate_from_norms(small, big, b_small, b_big, seed=seed)))
         return GradientNoise(
-            norm=chosen, lr=float(lr), b_small=b_small, b_big=b_big, phases=tuple(phases), train_size=n, device=str(dev)
+            norm=chosen, lr=float(lr), b_small=b_small, b_big=b_big, phases=tuple(phases), train_size=n, device=str(dev),
+            batchnorm_layers=batchnorm_layers, bn_stats=bn_stats,
         )
 
 
@@ -394,6 +453,9 @@ class NoiseReport:
     goodput: GoodputCurve | None
     recommended: int | None = None  # the search's recommendation, when there is one
     notes: tuple[str, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = field(default_factory=tuple)  # reasons to distrust B_simple
+    batchnorm_layers: int = 0
+    bn_stats: str = "batch"
 
     @property
     def final(self) -> NoisePhase:
@@ -417,7 +479,10 @@ class NoiseReport:
             "phases": [p.to_dict() for p in self.phases],
             "goodput": self.goodput.to_dict() if self.goodput else None,
             "recommended": self.recommended,
+            "batchnorm_layers": self.batchnorm_layers,
+            "bn_stats": self.bn_stats,
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
         }
 
 
@@ -470,6 +535,7 @@ def run_noise(
     kwargs = dict(
         task_path=str(Path(cfg.task_path).resolve()), norm=cfg.norm, lr=cfg.lr, b_small=cfg.b_small, b_big=cfg.b_big,
         steps=cfg.steps, burst_epochs=cfg.burst_epochs, device=device, seed=cfg.seed, threads=cfg.threads,
+        bn_stats=cfg.bn_stats,
     )
     if isolate:
         from batchtune.child import call_in_child
@@ -492,8 +558,31 @@ def run_noise(
             seed=cfg.seed, threads=cfg.threads, timeout=cfg.timeout,
         )
     curve, notes = make_goodput(noise, throughput, throughput_source)
+    warnings = []
+    if noise.batchnorm_layers and noise.bn_stats == "batch":
+        warnings.append(batchnorm_warning(noise.batchnorm_layers, noise.b_small))
+    elif noise.batchnorm_layers:
+        notes.append(
+            f"the {noise.batchnorm_layers} BatchNorm layer(s) normalized with running statistics of "
+            f"{PRECISE_BN_SAMPLES} training samples (PreciseBN), frozen while measuring, so per-sample gradients are "
+            "independent as the estimator assumes; the value describes training whose batch statistics are close "
+            "to the population's (not batches of a few samples)"
+        )
     return NoiseReport(
         task=str(Path(cfg.task_path).resolve()), norm=noise.norm, device=noise.device, lr=noise.lr,
         b_small=noise.b_small, b_big=noise.b_big, train_size=noise.train_size, phases=noise.phases,
-        goodput=curve, recommended=recommended, notes=tuple(notes),
+        goodput=curve, recommended=recommended, notes=tuple(notes), warnings=tuple(warnings),
+        batchnorm_layers=noise.batchnorm_layers, bn_stats=noise.bn_stats,
+    )
+
+
+def batchnorm_warning(layers: int, b_small: int) -> str:
+    """Why B_simple of a model with BatchNorm in train mode is biased, and what to do instead."""
+    return (
+        f"the model has {layers} BatchNorm layer(s) in train mode: a sample's gradient depends on its batch mates "
+        f"(the statistics of the batch), but the estimator assumes independent per-sample gradients (McCandlish et "
+        f"al. 2018, appendix A), so B_simple is biased, usually too high or not resolved (the statistics of {b_small} "
+        "samples add noise that the big batch lacks); --batchnorm-stats running removes the bias but leaves out the "
+        "noise of batch statistics in training, so treat either value as rough and check the batch size with "
+        "batchtune search --objective time-to-target"
     )

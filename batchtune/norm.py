@@ -11,7 +11,12 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def count_batchnorm(model: nn.Module) -> int:
-    return sum(isinstance(m, _BATCHNORMS) for m in model.modules())
+    return len(batchnorm_layers(model))
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
+    """The BatchNorm layers (1d/2d/3d, SyncBatchNorm) of ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, _BATCHNORMS)]
 
 
 def replacement(bn: nn.modules.batchnorm._NormBase, norm: str) -> nn.Module:

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from batchtune.errors import UsageError
 from batchtune.goodput import compare, efficiency, goodput_curve, hardware_knee
 from batchtune.noise import (
     NoiseConfig,
@@ -143,3 +144,50 @@ def test_noise_cli_bad_input(cli, tasks):
     # Raised in the child process, re-raised here with the same class and exit code.
     big = cli("noise", tasks / "noise_linear.py", "--batch-big", "100000", "--steps", "2", "--threads", "1")
     assert big.exit_code == 2 and "larger than the training set (8192 samples)" in big.output
+
+
+def _bn_report(tasks, **kwargs):
+    cfg = NoiseConfig(task_path=str(tasks / "tiny_convert.py"), b_small=4, b_big=32, steps=4, burst_epochs=0.1,
+                      threads=1, device="cpu", **kwargs)
+    return run_noise(cfg, throughput={16: 1000.0, 32: 1900.0}, isolate=False)
+
+
+def test_batchnorm_in_train_mode_is_warned_about(tasks):
+    report = _bn_report(tasks)
+    assert report.norm == "batch" and report.batchnorm_layers == 1 and report.bn_stats == "batch"
+    (warning,) = report.warnings
+    assert "1 BatchNorm layer(s) in train mode" in warning and "--batchnorm-stats running" in warning
+    assert f"**Warning:** {warning}." in noise_markdown(report)
+    assert report.to_dict()["warnings"] == [warning]
+    assert _bn_report(tasks, norm="group").warnings == ()  # converted to GroupNorm: nothing to warn about
+
+
+def test_running_batchnorm_statistics_remove_the_warning(tasks):
+    report = _bn_report(tasks, bn_stats="running")
+    assert report.warnings == () and report.bn_stats == "running"
+    assert any("running statistics" in n and "PreciseBN" in n for n in report.notes)
+    assert all(p.estimate.steps == 4 for p in report.phases)
+    with pytest.raises(UsageError, match="--batchnorm-stats 'frozen' is not one of batch, running"):
+        NoiseConfig(task_path="x.py", bn_stats="frozen").validated()
+
+
+def test_precise_batchnorm_uses_the_statistics_of_the_batches_seen():
+    import torch
+    from torch import nn
+
+    from batchtune.noise import precise_batchnorm
+
+    bn = nn.BatchNorm1d(3)
+    data = [torch.randn(8, 3) * 2 + 5 for _ in range(4)]
+    seen = precise_batchnorm(nn.Sequential(bn), iter((x, torch.zeros(8)) for x in data), 32, "cpu")
+    assert seen == 32 and bn.momentum == 0.1  # the momentum is put back
+    # A cumulative average of the batch means (equal batches: the mean of all 32 samples).
+    assert torch.allclose(bn.running_mean, torch.cat(data).mean(0), atol=1e-5)
+
+
+def test_noise_cli_warns_about_batchnorm(cli, tasks):
+    result = cli("noise", tasks / "tiny_convert.py", "--batch-small", "4", "--batch-big", "32", "--steps", "3",
+                 "--burst-epochs", "0", "--batch-sizes", "16,32", "--throughput-steps", "4", "--threads", "1",
+                 "--device", "cpu", "--no-plots")
+    assert result.exit_code == 0, result.output
+    assert "warning: the model has 1 BatchNorm layer(s) in train mode" in result.stderr
