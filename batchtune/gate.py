@@ -33,6 +33,7 @@ import numpy as np
 
 from batchtune.baseline import CONFIG_FIELDS, FINGERPRINT_FIELDS, NOTED_FIELDS, BenchRun
 from batchtune.config import Tolerance
+from batchtune.measure import summarize
 from batchtune.units import format_bytes
 
 EXIT_PASS = 0
@@ -524,6 +525,13 @@ def render_run(run: BenchRun) -> str:
         ["throughput (samples/s, " + _clock_label(run) + ")", _throughput_text(run.throughput.median, st.rel_iqr)],
         ["throughput (samples/s, wall time)", _throughput_text(run.batch_size / wall.median, wall.rel_iqr)],
         ["step time median", f"{st.median * 1e3:.3f} ms over {st.n} samples in {len(run.samples)} repeats"],
+    ]
+    normalised = run.normalised_step_time
+    if run.calibration is not None and normalised is not None:
+        reference = summarize([c for rep in run.calibration for c in rep])
+        rows.append(["reference workload (calibration)", f"{reference.median * 1e3:.3f} ms median; step / reference "
+                     f"median {normalised.median:.3f} (IQR {normalised.rel_iqr:.0%})"])
+    rows += [
         ["peak memory", format_bytes(run.peak_memory) + f" ({run.memory_kind})"],
         ["FLOPs per sample (forward + backward)", _flops_text(run.flops_per_sample)],
     ]

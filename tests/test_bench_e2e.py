@@ -41,6 +41,7 @@ def saved(tmp_path_factory):
 def test_save_writes_versioned_json_with_raw_samples(saved):
     path, result = saved
     assert "| figure" in result.stdout and "FLOPs per sample" in result.stdout
+    assert "reference workload (calibration)" in result.stdout
     data = json.loads(path.read_text())
     assert data["format"] == "batchtune-bench" and data["schema"] == 2
     assert len(data["samples"]) == 4 and all(len(rep) == 12 for rep in data["samples"])
