@@ -48,6 +48,10 @@ STALE = "stale"
 NOISE = "noise"  # beyond the threshold but not significant
 INFO = "info"
 
+# Reference workload medians further apart than this factor get a note: the calibration cancels
+# most of a machine-speed change this large, not all of it (docs/bench.md, Benchmark).
+SPEED_SWING = 1.25
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -319,6 +323,16 @@ def decide(
                 f"for the baseline, {shares[1]:.0%} now); CPU time also grows under heavy contention"
             )
 
+    if baseline.calibration is not None and current.calibration is not None:
+        ref_b, ref_c = (summarize([c for rep in refs for c in rep]).median for refs in (baseline.calibration, current.calibration))
+        if max(ref_b, ref_c) > SPEED_SWING * min(ref_b, ref_c):
+            # Measured: a 30% faster machine moved the calibrated figure of unchanged code by +4.6%
+            # (the reference sped up a little more than the step); most of the swing still cancels.
+            notes.append(
+                f"the machine ran at a very different speed (reference workload {ref_b * 1e3:.2f} ms in the baseline, "
+                f"{ref_c * 1e3:.2f} ms now); calibration removes most of such a change, not all: a speed change "
+                "near the threshold is worth confirming with --against-env"
+            )
     rows = [_speed_row(baseline, current, th), _wall_row(baseline, current), _memory_row(baseline, current, th)]
     if baseline.flops_per_sample is not None or current.flops_per_sample is not None:
         rows.append(_flops_row(baseline, current))

@@ -269,3 +269,13 @@ def test_interleaved_runs_are_compared_repeat_for_repeat():
     config = dict(CONFIG, interleave_id="abc123")
     decision = decide(run(base, config=config), run(cur, config=config))
     assert decision.rows[0].values["paired"] and decision.exit_code == EXIT_REGRESSION
+
+
+def test_a_large_machine_speed_change_is_noted():
+    base_steps, base_ref = machine(repeats(0.010, seed=45), 1.0, seed=46)
+    cur_steps, cur_ref = machine(repeats(0.010, seed=47), 0.7, seed=48)
+    decision = decide(run(base_steps, calibration=base_ref), run(cur_steps, calibration=cur_ref))
+    assert decision.exit_code == EXIT_PASS
+    assert any("very different speed" in note for note in decision.notes)
+    steady = decide(run(base_steps, calibration=base_ref), run(base_steps, calibration=base_ref))
+    assert not any("very different speed" in note for note in steady.notes)
