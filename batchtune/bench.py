@@ -423,8 +423,7 @@ def measure_repeat(task: Any, train_set: Any, val_set: Any, *, plan: dict[str, A
 
     Returns the per-step wall and CPU seconds of each timing window, the seconds of the reference
     run before each step (``calibration``, by both clocks; None when not calibrating) and the peak
-    memory, or
-    ``{"error": reason}`` for an OOM, a divergence or an error in the task's code.
+    memory, or ``{"error": reason}`` for an OOM, a divergence or an error in the task's code.
     """
     import torch
 
@@ -469,8 +468,8 @@ def _reference_workload(device: Any) -> Callable[[], None]:
 
     Convolutions, a matmul and their gradients, as in a training step, so contention for the
     core's vector units, caches and memory bandwidth slows it as it slows the step; about 3 ms on
-    one 2020s server core. Weights and inputs come from a private generator (the user's model is
-    seeded after it is built, so its initialisation is untouched). Runs in fp32, outside autocast.
+    one 2020s server core. Weights and inputs come from a private generator, and it is built before
+    the user's model is seeded, so the model's initialisation is untouched. Runs in fp32, outside autocast.
     """
     import torch
     from torch import nn
