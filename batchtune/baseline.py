@@ -1,8 +1,10 @@
-"""The result of one ``batchtune bench`` measurement, and its JSON file (schema 1).
+"""The result of one ``batchtune bench`` measurement, and its JSON file (schema 2).
 
 A baseline file is plain JSON, never pickle: it is read back on another machine and another
 version, so it must not execute anything. It carries a format name and a schema number; a file
 that is not JSON, not a batchtune bench file, or of an unknown schema is refused with one line.
+Schema 2 added the calibration samples (the reference workload timed before every step); a schema 1
+file has none, so it cannot be compared with a calibrated run and is refused with the fix: save it again.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from batchtune.files import write_json
 from batchtune.measure import Stats, summarize
 
 FORMAT = "batchtune-bench"
-SCHEMA = 1
+SCHEMA = 2
 
 # What was measured: two runs with different values here measure different things.
-CONFIG_FIELDS = ("batch_size", "lr", "norm", "precision", "device", "clock", "epochs", "seed")
+CONFIG_FIELDS = ("batch_size", "lr", "norm", "precision", "device", "clock", "epochs", "seed", "calibration")
 # How hard it was measured: may differ between runs (more repeats on a noisy runner is fine).
 EFFORT_FIELDS = ("repeat", "steps", "warmup", "processes")
 # Fingerprint fields that change what a measurement means; two runs that differ here are refused
@@ -47,7 +49,9 @@ class BenchRun:
 
     ``samples[r]`` holds the seconds per training step of repeat ``r`` by the decision clock
     (``config["clock"]``: process CPU time or synchronised wall time); ``wall_samples`` the wall
-    time of the same steps. The raw samples are kept so a later comparison can test significance.
+    time of the same steps. ``calibration[r][i]`` is the time of batchtune's reference workload
+    run just before step ``i`` of repeat ``r``, by the same clock (None when the run was not
+    calibrated: on accelerators). The raw samples are kept so a later comparison can test significance.
     """
 
     task: str
@@ -59,6 +63,7 @@ class BenchRun:
     repeat_process: list[int]
     peak_memory_bytes: list[int]
     memory_kind: str
+    calibration: list[list[float]] | None = None
     flops_per_sample: float | None = None
     metric: float | None = None
     metric_mode: str = "max"
@@ -73,6 +78,13 @@ class BenchRun:
     def step_time(self) -> Stats:
         """Median and quartiles of all step-time samples (decision clock), pooled over repeats."""
         return summarize([t for rep in self.samples for t in rep])
+
+    @property
+    def normalised_step_time(self) -> Stats | None:
+        """Median and quartiles of step time / the reference time before it (None without calibration)."""
+        if self.calibration is None:
+            return None
+        return summarize([s / c for reps in zip(self.samples, self.calibration) for s, c in zip(*reps)])
 
     @property
     def wall_step_time(self) -> Stats:
@@ -109,6 +121,7 @@ class BenchRun:
             "throughput_q25": self.throughput.q25,
             "throughput_q75": self.throughput.q75,
             "wall_throughput_median": self.batch_size / self.wall_step_time.median,
+            "calibration_median_s": summarize([c for rep in self.calibration for c in rep]).median if self.calibration else None,
             "peak_memory_bytes": self.peak_memory,
         }
         return body
@@ -142,6 +155,11 @@ def from_dict(data: Any, *, where: str = "baseline", fix: str = "save it again w
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BaselineError(f"{where}: not a batchtune bench file (no \"format\": \"{FORMAT}\"); {fix}")
     schema = data.get("schema")
+    if schema == 1:
+        raise BaselineError(
+            f"{where}: baseline schema 1 has no machine-speed calibration, which this batchtune compares "
+            f"(schema {SCHEMA}); re-save the baseline: {fix.removeprefix('save it again with ')}"
+        )
     if schema != SCHEMA:
         newer = isinstance(schema, int) and schema > SCHEMA
         hint = "upgrade batchtune to read it" if newer else fix
@@ -171,6 +189,13 @@ def _check(run: BenchRun) -> None:
             raise ValueError(f"{name} must be a non-empty list of non-empty lists of positive seconds")
     if len(run.samples) != len(run.wall_samples) or len(run.samples) != len(run.peak_memory_bytes):
         raise ValueError("samples, wall_samples and peak_memory_bytes must have one entry per repeat")
+    if run.calibration is not None:
+        if not _nested_positive(run.calibration):
+            raise ValueError("calibration must be null or a non-empty list of non-empty lists of positive seconds")
+        if [len(r) for r in run.calibration] != [len(r) for r in run.samples]:
+            raise ValueError("calibration must have one sample per step sample")
+    if (run.calibration is None) != (run.config.get("calibration") is None):
+        raise ValueError("calibration samples and config.calibration must be given together")
     if not all(isinstance(m, int) and m >= 0 for m in run.peak_memory_bytes):
         raise ValueError("peak_memory_bytes must be non-negative integers")
     for name in ("flops_per_sample", "metric"):

@@ -9,6 +9,12 @@ Repeats are interleaved across ``processes`` children, as asv does (``processes=
 interleaved rounds in asv's runner): process-level effects such as memory layout and slow drift of
 the machine's load are spread over both processes instead of sitting in one block of samples.
 Each repeat builds a fresh model, so the comparison's bootstrap sees the spread between repeats.
+
+On a CPU, every timed step is preceded by one run of a fixed reference workload owned by batchtune
+(:func:`_reference_workload`, a small convolutional network's forward and backward pass). The speed
+of a shared machine drifts by +-20% within minutes (busy SMT siblings and neighbouring VMs slow
+every instruction of the guest, and CPU time cannot see it); the reference run next to a step is
+slowed alike, so the comparison decides on step time / reference time, in which that drift cancels.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ from batchtune.measure import NOISY_REL_IQR
 log = logging.getLogger(__name__)
 
 CLOCKS = ("auto", "cpu", "wall")
-
+# The reference workload's name, stored in the run's config: a run calibrated with another workload
+# is not comparable (exit 3). Change the name whenever _reference_workload changes.
+CALIBRATION = "conv3-16-16x16-b16/v1"
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,7 @@ class _Plan:
     seed: int
     warmup: int
     steps: int
+    calibrate: bool
 
 
 # ------------------------------------------------------------------------------------ coordinator
@@ -158,6 +167,7 @@ def prepare(config: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "processes": cfg.processes,
         "device_index": str(device),
         "metric_mode": task.metric_mode,
+        "calibration": CALIBRATION if device.type == "cpu" else None,
     }
     fingerprint = {key: env.get(key) for key in FINGERPRINT_FIELDS + NOTED_FIELDS if key in env}
     fingerprint["precision"] = cfg.precision
@@ -244,6 +254,7 @@ class _Session:
             seed=self.cfg.seed,
             warmup=self.cfg.warmup,
             steps=self.cfg.steps,
+            calibrate=self.run_config["calibration"] is not None,
         )
         env = {"OMP_NUM_THREADS": str(self.cfg.threads), "MKL_NUM_THREADS": str(self.cfg.threads)}
         env.update(dict(self.cfg.env))
@@ -252,6 +263,7 @@ class _Session:
         self.runners = [TrialRunner(task_path, env=env) for _ in range(count)]
         self.warnings: list[str] = []
         self.samples: list[list[float]] = []
+        self.calibration: list[list[float]] | None = [] if self.plan.calibrate else None
         self.wall: list[list[float]] = []
         self.memory: list[int] = []
         self.where: list[int] = []
@@ -275,7 +287,10 @@ class _Session:
         out = self.runners[slot].call_task("batchtune.bench:measure_repeat", {"plan": asdict(self.plan)}, timeout=self.cfg.timeout)
         if "error" in out:
             raise TaskError(f"{self.cfg.task_path}: bench repeat {r + 1} failed: {out['error']}")
-        self.samples.append(out["cpu"] if self.run_config["clock"] == "cpu" else out["wall"])
+        clock = self.run_config["clock"]
+        self.samples.append(out[clock])
+        if self.calibration is not None:
+            self.calibration.append(out["calibration"][clock])
         self.wall.append(out["wall"])
         self.memory.append(int(out["peak_memory_bytes"]))
         self.where.append(slot)
@@ -319,6 +334,7 @@ class _Session:
             fingerprint=self.fingerprint,
             samples=self.samples,
             wall_samples=self.wall,
+            calibration=self.calibration,
             repeat_process=self.where,
             peak_memory_bytes=self.memory,
             memory_kind=self.kind,
@@ -405,8 +421,9 @@ def count_flops(task: Any, train_set: Any, val_set: Any, *, plan: dict[str, Any]
 def measure_repeat(task: Any, train_set: Any, val_set: Any, *, plan: dict[str, Any]) -> dict[str, Any]:
     """One repeat: a fresh model, ``warmup`` untimed steps, then ``steps`` timed steps.
 
-    Returns the per-step wall and CPU seconds of each timing window and the peak memory, or
-    ``{"error": reason}`` for an OOM, a divergence or an error in the task's code.
+    Returns the per-step wall and CPU seconds of each timing window, the seconds of the reference
+    run before each step (``calibration``, by both clocks; None when not calibrating) and the peak
+    memory, or ``{"error": reason}`` for an OOM, a divergence or an error in the task's code.
     """
     import torch
 
@@ -419,7 +436,7 @@ def measure_repeat(task: Any, train_set: Any, val_set: Any, *, plan: dict[str, A
         tracker = MemoryTracker(device)
         tracker.start()
         failure: BaseException | None = None
-        timings: tuple[list[float], list[float]] = ([], [])
+        timings: dict[str, Any] = {}
         try:
             timings = _timed_steps(task, train_set, p, device)
         except Exception as exc:  # classified below, outside the except block
@@ -439,14 +456,45 @@ def measure_repeat(task: Any, train_set: Any, val_set: Any, *, plan: dict[str, A
         peak = tracker.stop()
     if error is not None:
         return {"error": error}
-    return {"wall": timings[0], "cpu": timings[1], "peak_memory_bytes": peak.peak, "memory_kind": peak.kind}
+    return {**timings, "peak_memory_bytes": peak.peak, "memory_kind": peak.kind}
 
 
 class _Diverged(Exception):
     pass
 
 
-def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> tuple[list[float], list[float]]:
+def _reference_workload(device: Any) -> Callable[[], None]:
+    """batchtune's fixed calibration workload: one forward and backward pass of a small CNN.
+
+    Convolutions, a matmul and their gradients, as in a training step, so contention for the
+    core's vector units, caches and memory bandwidth slows it as it slows the step; about 3 ms on
+    one 2020s server core. Weights and inputs come from a private generator, and it is built before
+    the user's model is seeded, so the model's initialisation is untouched. Runs in fp32, outside autocast.
+    """
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 16 * 16, 10),
+    )
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.copy_(0.05 * torch.randn(param.shape, generator=g))
+    net = net.to(device)
+    inputs = torch.randn(16, 3, 16, 16, generator=g).to(device)
+    target = torch.randint(0, 10, (16,), generator=g).to(device)
+
+    def run() -> None:
+        net.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=False):
+            nn.functional.cross_entropy(net(inputs), target).backward()
+
+    return run
+
+
+def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> dict[str, Any]:
     import torch
 
     from batchtune.device import synchronize
@@ -456,6 +504,7 @@ def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> tuple[list
     n = len(train_set)
     if n < p.batch_size:
         raise TaskError(f"--batch-size {p.batch_size} is larger than the training set ({n} samples); lower it")
+    reference = _reference_workload(device) if p.calibrate else None
     seed_everything(p.seed)
     model = build_model(task, p.norm).to(device)
     model.train()
@@ -479,6 +528,9 @@ def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> tuple[list
             optimizer.step()
         return loss.detach()
 
+    if reference is not None:
+        for _ in range(5):  # the reference's own burn-in, kept apart from the model's warm-up steps
+            reference()
     for _ in range(p.warmup):  # burn-in: lazy initialisation, allocator growth, caches (nanoGPT's bench.py)
         step()
     # A CPU is timed step by step; an accelerator in windows of several steps, because every
@@ -486,8 +538,18 @@ def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> tuple[list
     window = 1 if device.type == "cpu" else max(1, min(10, p.steps // 10))
     wall: list[float] = []
     cpu: list[float] = []
+    ref_wall: list[float] = []
+    ref_cpu: list[float] = []
     synchronize(device)
     for _ in range(math.ceil(p.steps / window)):
+        if reference is not None:
+            # Calibration right before the step: the same machine state, a few milliseconds apart.
+            t0, c0 = time.perf_counter(), time.process_time()
+            reference()
+            synchronize(device)
+            t1, c1 = time.perf_counter(), time.process_time()
+            ref_wall.append(round(t1 - t0, 9))
+            ref_cpu.append(round(max(c1 - c0, 1e-9), 9))
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(window):
             loss = step()
@@ -498,4 +560,5 @@ def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> tuple[list
         value = float(loss)
         if not math.isfinite(value):
             raise _Diverged(f"training loss became {value} during the timed steps; lower --lr")
-    return wall, cpu
+    calibration = {"wall": ref_wall, "cpu": ref_cpu} if reference is not None else None
+    return {"wall": wall, "cpu": cpu, "calibration": calibration}

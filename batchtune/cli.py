@@ -437,8 +437,8 @@ def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Fail when peak memory grows by more than this."),
         click.option("--max-metric-drop", callback=_metric_drop, default="0.5%", show_default=True,
                      help="Fail when the metric after --epochs gets worse by more than this: 0.5% (relative), 0.5pp or 0.01."),
-        click.option("--quantile", type=click.FloatRange(0.01, 0.99), default=0.10, show_default=True,
-                     help="Step-time quantile the speed decision compares (0.5: the median; low values resist noisy neighbours)."),
+        click.option("--quantile", type=click.FloatRange(0.01, 0.99), default=0.5, show_default=True,
+                     help="Quantile of the step times (on a CPU: step time / reference time) the speed decision compares."),
         click.option("--allow-mismatch", is_flag=True, help="Compare even when hardware, versions, task file or configuration differ (else exit 3)."),
         click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON instead of the markdown table."),
     ]

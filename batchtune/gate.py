@@ -1,15 +1,21 @@
 """The CI gate's decision and its rendering: baseline vs current, per figure, with an exit code.
 
 Speed: a slowdown fails only when it is beyond ``max_slowdown`` *and* statistically significant.
-The speed figure is a low quantile of the step times (the 10th percentile by default: interference
-from other programs only adds time, so the fast end tracks the code's own cost). Significance comes
-from a hierarchical (cluster) bootstrap confidence interval of the ratio of that quantile: worker processes are resampled with replacement, then repeats within each
-chosen process, then steps within each chosen repeat (Davison & Hinkley 1997, sec. 3.8; Saravanan
-et al. 2020, "Application of the hierarchical bootstrap to multi-level data"). Steps of one repeat
-share that repeat's model and the machine's load at the time, and repeats of one process share its
-memory layout, so samples are not independent; a test on pooled steps (Mann-Whitney U on hundreds
-of samples) calls a 1% drift "significant". Resampling the levels keeps that structure, and the
-interval is on the same scale as the threshold (a ratio of step times).
+On a CPU the figure is the median of the *normalised* step times: each step's time divided by the
+time of batchtune's fixed reference workload run just before it (``batchtune.bench``). A shared
+machine's speed drifts by +-20% within minutes, which no statistic of raw step times can tell from
+a 15% regression; drift slows the neighbouring reference run alike and cancels in the ratio (on the
+2-core machine this was built on, the spread of a repeat's figure fell from 7.5% to 1.5%).
+Without calibration (accelerators) the figure is the median of the raw step times.
+
+Significance comes from a cluster bootstrap confidence interval (99% by default) of the ratio of
+that figure, current / baseline: whole repeats are resampled with replacement and their steps pooled
+(Davison & Hinkley 1997, sec. 3.8; Field & Welsh 2007, "Bootstrapping clustered data"). Steps of
+one repeat share its model and the machine's state at the time, so they are not independent: a
+rank test on pooled steps (Mann-Whitney U on hundreds of samples) calls a 1% shift "significant",
+while repeats are the independent units. The interval is on the threshold's scale (a ratio of step
+times). In an interleaved comparison repeat ``r`` of both sides ran back to back, so the bootstrap
+draws the same repeats on both sides (paired) and the noise they shared cancels too.
 
 Memory is deterministic enough to compare directly with its own threshold. The metric comes from
 one seeded training run and is compared directly too. A change beyond a threshold in the good
@@ -27,6 +33,7 @@ import numpy as np
 
 from batchtune.baseline import CONFIG_FIELDS, FINGERPRINT_FIELDS, NOTED_FIELDS, BenchRun
 from batchtune.config import Tolerance
+from batchtune.measure import summarize
 from batchtune.units import format_bytes
 
 EXIT_PASS = 0
@@ -41,6 +48,10 @@ STALE = "stale"
 NOISE = "noise"  # beyond the threshold but not significant
 INFO = "info"
 
+# Reference workload medians further apart than this factor get a note: the calibration cancels
+# most of a machine-speed change this large, not all of it (docs/bench.md, Benchmark).
+SPEED_SWING = 1.25
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -49,11 +60,10 @@ class Thresholds:
     max_slowdown: float = 0.05  # step time may grow 5% (TorchBench flags 7%; asv's default factor is 10%)
     max_memory_increase: float = 0.03
     max_metric_drop: Tolerance = field(default_factory=lambda: Tolerance(0.005, "relative"))
-    # The speed figure compared is this quantile of the step times. Interference from other programs
-    # only ever adds time, so the fast end of the distribution tracks the code's own cost; timeit's
-    # docs recommend the minimum for the same reason. The 10th percentile is nearly as robust and
-    # far steadier than the minimum (see docs/bench.md for the measured false-alarm rates).
-    quantile: float = 0.10
+    # The speed figure compared is this quantile of the (normalised) step times. The median: with the
+    # calibration, interference that hits a step or its reference run moves the ratio either way, and
+    # the median is the steadiest figure (docs/bench.md has the measured spreads).
+    quantile: float = 0.5
     confidence: float = 0.99
     resamples: int = 4000
     seed: int = 0  # the bootstrap is seeded: the same two files always give the same verdict
@@ -61,7 +71,7 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class SpeedChange:
-    """Ratio of median step times (current / baseline) with its bootstrap confidence interval."""
+    """Ratio of the step-time figure (current / baseline) with its bootstrap confidence interval."""
 
     ratio: float
     low: float
@@ -80,100 +90,89 @@ def speed_change(
     current: Sequence[Sequence[float]],
     *,
     max_slowdown: float,
-    baseline_process: Sequence[int] | None = None,
-    current_process: Sequence[int] | None = None,
+    baseline_calibration: Sequence[Sequence[float]] | None = None,
+    current_calibration: Sequence[Sequence[float]] | None = None,
     quantile: float = 0.5,
     paired: bool = False,
-    confidence: float = 0.95,
-    resamples: int = 2000,
+    confidence: float = 0.99,
+    resamples: int = 4000,
     seed: int = 0,
 ) -> SpeedChange:
     """Decide on step-time samples grouped by repeat (seconds per step; lower is better).
 
-    The figure compared is the ``quantile`` of the pooled step times (0.5: the median). ``*_process`` label each repeat with the worker process it ran in; repeats of one process share
-    its memory layout, so processes are resampled first (a three-level bootstrap). Regression: the
-    ratio of medians is above ``1 + max_slowdown`` and the whole confidence interval is above 1.
-    Stale: the ratio is below ``1 / (1 + max_slowdown)`` (throughput up by more than the threshold)
-    and the whole interval is below 1. Beyond a threshold but not significant: noise.
+    With ``*_calibration`` (the reference workload's seconds before each step, same shape) every
+    step time is divided by its reference time first. The figure is the ``quantile`` of the pooled
+    (normalised) step times of a side; the interval comes from resampling whole repeats.
+    Regression: the ratio of the figures is above ``1 + max_slowdown`` and the whole confidence
+    interval is above 1. Stale: the ratio is below ``1 / (1 + max_slowdown)`` (throughput up by
+    more than the threshold) and the whole interval is below 1. Beyond a threshold but not
+    significant: noise.
 
     ``paired``: repeat ``r`` of both sides ran back to back (``bench --against-env``), so the same
-    processes and repeats are drawn for both sides and noise they shared cancels in the ratio.
+    repeats are drawn for both sides and noise they shared cancels in the ratio.
     """
-    base = _groups(baseline, "baseline")
-    cur = _groups(current, "current")
-    ratio = _pooled_quantile(cur, quantile) / _pooled_quantile(base, quantile)
-    rng = np.random.default_rng(seed)
-    base_clusters = _clusters(baseline_process, len(base))
-    cur_clusters = _clusters(current_process, len(cur))
+    if (baseline_calibration is None) != (current_calibration is None):
+        raise ValueError("calibrate both sides or neither: a normalised and a raw step time do not compare")
+    base = _log_times(baseline, baseline_calibration, "baseline")
+    cur = _log_times(current, current_calibration, "current")
     if paired and len(base) != len(cur):
         raise ValueError("paired samples need the same number of repeats on both sides")
-    chosen_base = _choose(base_clusters, len(base), resamples, rng)
-    chosen_cur = chosen_base if paired else _choose(cur_clusters, len(cur), resamples, rng)
-    boot_cur = _bootstrap_quantiles(cur, chosen_cur, quantile, rng)
-    boot_base = _bootstrap_quantiles(base, chosen_base, quantile, rng)
+    log_ratio = _pooled_quantile(cur, quantile) - _pooled_quantile(base, quantile)
+    rng = np.random.default_rng(seed)
+    chosen_base = rng.integers(0, len(base), size=(resamples, len(base)))
+    chosen_cur = chosen_base if paired else rng.integers(0, len(cur), size=(resamples, len(cur)))
+    boot = _bootstrap_quantiles(cur, chosen_cur, quantile) - _bootstrap_quantiles(base, chosen_base, quantile)
     alpha = 1.0 - confidence
-    low, high = (float(v) for v in np.quantile(boot_cur / boot_base, [alpha / 2, 1 - alpha / 2]))
+    low, high = (math.exp(float(v)) for v in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
+    ratio = math.exp(log_ratio)
     if ratio > 1.0 + max_slowdown:
         verdict = REGRESSION if low > 1.0 else NOISE
     elif ratio < 1.0 / (1.0 + max_slowdown):
         verdict = STALE if high < 1.0 else NOISE
     else:
         verdict = PASS
-    return SpeedChange(ratio=float(ratio), low=low, high=high, confidence=confidence, verdict=verdict)
+    return SpeedChange(ratio=ratio, low=low, high=high, confidence=confidence, verdict=verdict)
 
 
-def _groups(samples: Sequence[Sequence[float]], name: str) -> list[np.ndarray]:
-    groups = [np.asarray(g, dtype=float) for g in samples]
+def _log_times(
+    samples: Sequence[Sequence[float]], calibration: Sequence[Sequence[float]] | None, name: str
+) -> list[np.ndarray]:
+    """log step time per repeat, minus the log of the reference time before each step when calibrated.
+
+    Logs make the ratio a difference and leave every quantile in place (the log is monotonic).
+    """
+    groups = [np.log(np.asarray(g, dtype=float)) for g in samples]
     if not groups or any(len(g) == 0 for g in groups):
         raise ValueError(f"{name} has a repeat without step-time samples")
-    return groups
-
-
-def _clusters(labels: Sequence[int] | None, n_groups: int) -> list[np.ndarray]:
-    """Repeat indices per process; one cluster per repeat when the processes are unknown."""
-    if labels is None or len(labels) != n_groups or len(set(labels)) < 2:
-        return [np.array([i]) for i in range(n_groups)]
-    return [np.array([i for i, lab in enumerate(labels) if lab == p]) for p in sorted(set(labels))]
+    if calibration is None:
+        return groups
+    refs = [np.log(np.asarray(c, dtype=float)) for c in calibration]
+    if [len(c) for c in refs] != [len(g) for g in groups]:
+        raise ValueError(f"{name} needs one calibration sample per step sample")
+    return [g - c for g, c in zip(groups, refs)]
 
 
 def _pooled_quantile(groups: list[np.ndarray], q: float) -> float:
     return float(np.quantile(np.concatenate(groups), q))
 
 
-def _choose(clusters: list[np.ndarray], n_groups: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Repeat indices of each bootstrap sample (-1 pads): processes first, then repeats within them."""
-    if all(len(c) == 1 for c in clusters):
-        return rng.integers(0, n_groups, size=(resamples, n_groups))
-    rows = []
-    for _ in range(resamples):
-        picked = [clusters[j] for j in rng.integers(0, len(clusters), size=len(clusters))]
-        rows.append(np.concatenate([c[rng.integers(0, len(c), size=len(c))] for c in picked]))
-    chosen = np.full((resamples, max(len(r) for r in rows)), -1)
-    for b, r in enumerate(rows):
-        chosen[b, : len(r)] = r
-    return chosen
-
-
-def _bootstrap_quantiles(groups: list[np.ndarray], chosen: np.ndarray, q: float, rng: np.random.Generator) -> np.ndarray:
-    """The ``q`` quantile of each bootstrap sample: the ``chosen`` repeats, then steps within each."""
-    resamples = chosen.shape[0]
+def _bootstrap_quantiles(groups: list[np.ndarray], chosen: np.ndarray, q: float, chunk: int = 256) -> np.ndarray:
+    """The ``q`` quantile of each bootstrap sample: the steps of the ``chosen`` repeats, pooled."""
     sizes = np.array([len(g) for g in groups])
-    width = int(sizes.max())
-    padded = np.full((len(groups), width), np.inf)
+    padded = np.full((len(groups), int(sizes.max())), np.inf)  # a shorter repeat keeps its own sample count
     for i, g in enumerate(groups):
         padded[i, : len(g)] = g
-    n = np.where(chosen >= 0, sizes[np.maximum(chosen, 0)], 0)[..., None]  # (resamples, slots, 1)
-    pos = np.arange(width)[None, None, :]
-    within = np.floor(rng.random((resamples, chosen.shape[1], width)) * np.maximum(n, 1)).astype(int)  # steps
-    values = padded[np.maximum(chosen, 0)[..., None], within]
-    values = np.where(pos < n, values, np.inf)  # a shorter repeat keeps its own sample count
-    flat = np.sort(values.reshape(resamples, -1), axis=1)  # the padding sorts last
-    count = n[:, :, 0].sum(axis=1)
-    idx = np.arange(resamples)
-    at = q * (count - 1)  # linear interpolation between order statistics, as numpy.quantile's default
-    lo = np.floor(at).astype(int)
-    hi = np.minimum(lo + 1, count - 1)
-    return flat[idx, lo] + (at - lo) * (flat[idx, hi] - flat[idx, lo])
+    out = np.empty(chosen.shape[0])
+    for start in range(0, chosen.shape[0], chunk):  # bounded memory for long runs
+        rows = chosen[start : start + chunk]
+        flat = np.sort(padded[rows].reshape(len(rows), -1), axis=1)  # the padding sorts last
+        count = sizes[rows].sum(axis=1)
+        at = q * (count - 1)  # linear interpolation between order statistics, as numpy.quantile's default
+        lo = np.floor(at).astype(int)
+        hi = np.minimum(lo + 1, count - 1)
+        idx = np.arange(len(rows))
+        out[start : start + len(rows)] = flat[idx, lo] + (at - lo) * (flat[idx, hi] - flat[idx, lo])
+    return out
 
 
 def memory_verdict(baseline: int, current: int, *, max_increase: float) -> tuple[float, str]:
@@ -324,6 +323,16 @@ def decide(
                 f"for the baseline, {shares[1]:.0%} now); CPU time also grows under heavy contention"
             )
 
+    if baseline.calibration is not None and current.calibration is not None:
+        ref_b, ref_c = (summarize([c for rep in refs for c in rep]).median for refs in (baseline.calibration, current.calibration))
+        if max(ref_b, ref_c) > SPEED_SWING * min(ref_b, ref_c):
+            # Measured: a 30% faster machine moved the calibrated figure of unchanged code by +4.6%
+            # (the reference sped up a little more than the step); most of the swing still cancels.
+            notes.append(
+                f"the machine ran at a very different speed (reference workload {ref_b * 1e3:.2f} ms in the baseline, "
+                f"{ref_c * 1e3:.2f} ms now); calibration removes most of such a change, not all: a speed change "
+                "near the threshold is worth confirming with --against-env"
+            )
     rows = [_speed_row(baseline, current, th), _wall_row(baseline, current), _memory_row(baseline, current, th)]
     if baseline.flops_per_sample is not None or current.flops_per_sample is not None:
         rows.append(_flops_row(baseline, current))
@@ -352,14 +361,16 @@ def _clock_label(run: BenchRun) -> str:
 
 
 def _speed_row(baseline: BenchRun, current: BenchRun, th: Thresholds) -> Row:
+    paired = _paired(baseline, current)
+    calibrated = baseline.calibration is not None and current.calibration is not None
     sc = speed_change(
         baseline.samples, current.samples, max_slowdown=th.max_slowdown,
-        baseline_process=baseline.repeat_process, current_process=current.repeat_process,
-        quantile=th.quantile, paired=_paired(baseline, current), confidence=th.confidence, resamples=th.resamples, seed=th.seed,
+        baseline_calibration=baseline.calibration if calibrated else None,
+        current_calibration=current.calibration if calibrated else None,
+        quantile=th.quantile, paired=paired, confidence=th.confidence, resamples=th.resamples, seed=th.seed,
     )
     b, c = baseline.throughput, current.throughput
-    paired = _paired(baseline, current)
-    stat = "median step time" if th.quantile == 0.5 else f"p{th.quantile * 100:g} step time"
+    stat = ("median" if th.quantile == 0.5 else f"p{th.quantile * 100:g}") + " step time" + (" / reference" if calibrated else "")
     verdict = {STALE: "stale: faster, refresh the baseline", NOISE: "pass (not significant)"}.get(sc.verdict, sc.verdict)
     return Row(
         figure=f"throughput (samples/s, {_clock_label(current)})",
@@ -373,7 +384,7 @@ def _speed_row(baseline: BenchRun, current: BenchRun, th: Thresholds) -> Row:
         values={
             "baseline_throughput": b.median, "current_throughput": c.median, "step_time_ratio": sc.ratio,
             "ci_low": sc.low, "ci_high": sc.high, "confidence": sc.confidence, "max_slowdown": th.max_slowdown,
-            "quantile": th.quantile, "paired": paired,
+            "quantile": th.quantile, "paired": paired, "calibrated": calibrated,
             "decision": sc.verdict,
         },
     )
@@ -528,6 +539,13 @@ def render_run(run: BenchRun) -> str:
         ["throughput (samples/s, " + _clock_label(run) + ")", _throughput_text(run.throughput.median, st.rel_iqr)],
         ["throughput (samples/s, wall time)", _throughput_text(run.batch_size / wall.median, wall.rel_iqr)],
         ["step time median", f"{st.median * 1e3:.3f} ms over {st.n} samples in {len(run.samples)} repeats"],
+    ]
+    normalised = run.normalised_step_time
+    if run.calibration is not None and normalised is not None:
+        reference = summarize([c for rep in run.calibration for c in rep])
+        rows.append(["reference workload (calibration)", f"{reference.median * 1e3:.3f} ms median; step / reference "
+                     f"median {normalised.median:.3f} (IQR {normalised.rel_iqr:.0%})"])
+    rows += [
         ["peak memory", format_bytes(run.peak_memory) + f" ({run.memory_kind})"],
         ["FLOPs per sample (forward + backward)", _flops_text(run.flops_per_sample)],
     ]

@@ -3,10 +3,12 @@
 Each of ``--pairs`` rounds measures a baseline, then the unchanged task again (an A/A comparison:
 any failure is a false alarm), then the task with ``BATCHTUNE_TEST_SLOWDOWN`` set (every training
 step takes ``--slowdown`` more CPU time: a failure is a detection). All at batchtune bench's default
-settings unless flags say otherwise. Prints the false-alarm and detection counts and the time one
-comparison (``bench --compare``: measure, then decide) takes.
+settings unless flags say otherwise. Prints the false-alarm and detection counts, the time one
+comparison (``bench --compare``: measure, then decide) takes, and the machine's load average (the
+1-minute load of a 2-core machine shows how much other jobs competed) at the start and the end.
 
-    PYTHONPATH=. python benchmarks/bench_gate.py            # 10 rounds on examples/digits_cnn.py
+    PYTHONPATH=. python benchmarks/bench_gate.py            # 10 rounds on benchmarks/digits_slowable.py
+    PYTHONPATH=. python benchmarks/bench_gate.py --mode interleaved
     PYTHONPATH=. python benchmarks/bench_gate.py --pairs 3 --task tests/tasks/slowable_mlp.py --batch-size 32
 """
 
@@ -56,12 +58,14 @@ def main() -> None:
         processes=args.processes, clock=args.clock,
     ).validated()
     th = Thresholds()
+    print(f"load average {_load()}, {os.cpu_count()} CPUs", flush=True)
     print(f"mode {args.mode}: task {args.task}, batch {args.batch_size}, repeat {config.repeat}, steps {config.steps}, "
           f"processes {config.processes}, clock {config.clock}, threads {config.threads}; "
           f"threshold +{th.max_slowdown:.0%}, injected slowdown +{args.slowdown:.0%}", flush=True)
     false_alarms = detections = 0
     seconds: list[float] = []
     aa_ratios: list[float] = []
+    label = "step time"
     ab_ratios: list[float] = []
     os.environ[KNOB] = "0"
     quick = replace(config, env=((KNOB, "0"),))
@@ -90,10 +94,11 @@ def main() -> None:
         false_alarms += aa.exit_code == EXIT_REGRESSION
         detections += ab.exit_code == EXIT_REGRESSION
         ra, rb = aa.rows[0].values, ab.rows[0].values
+        label = aa.rows[0].threshold.split(" <=")[0]  # e.g. "median step time / reference"
         aa_ratios.append(ra["step_time_ratio"])
         ab_ratios.append(rb["step_time_ratio"])
         print(
-            f"round {i + 1:>2}: A/A p{th.quantile * 100:g} step time {ra['step_time_ratio'] - 1:+6.1%} "
+            f"round {i + 1:>2}: A/A {ra['step_time_ratio'] - 1:+6.1%} "
             f"[{ra['ci_low'] - 1:+.1%}, {ra['ci_high'] - 1:+.1%}] -> {ra['decision']:<10} | "
             f"slowed {rb['step_time_ratio'] - 1:+6.1%} [{rb['ci_low'] - 1:+.1%}, {rb['ci_high'] - 1:+.1%}] "
             f"-> {rb['decision']:<10} | IQR {base.step_time.rel_iqr:.0%} | core share {base.cpu_share:.0%}/"
@@ -103,11 +108,16 @@ def main() -> None:
     print()
     print(f"false alarms (A/A, unchanged code): {false_alarms}/{args.pairs}")
     print(f"detections (+{args.slowdown:.0%} step time):    {detections}/{args.pairs}")
-    print(f"A/A change of p{th.quantile * 100:g} step time: median {statistics.median(aa_ratios) - 1:+.1%}, "
+    print(f"A/A change of {label}: median {statistics.median(aa_ratios) - 1:+.1%}, "
           f"range {min(aa_ratios) - 1:+.1%} .. {max(aa_ratios) - 1:+.1%}")
-    print(f"slowed change of p{th.quantile * 100:g} step time: median {statistics.median(ab_ratios) - 1:+.1%}, "
+    print(f"slowed change of {label}: median {statistics.median(ab_ratios) - 1:+.1%}, "
           f"range {min(ab_ratios) - 1:+.1%} .. {max(ab_ratios) - 1:+.1%}")
     print(f"one comparison (measure + decide): median {statistics.median(seconds):.1f} s, max {max(seconds):.1f} s")
+    print(f"load average {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1, 5, 15 min)"
 
 
 if __name__ == "__main__":

@@ -41,10 +41,15 @@ def saved(tmp_path_factory):
 def test_save_writes_versioned_json_with_raw_samples(saved):
     path, result = saved
     assert "| figure" in result.stdout and "FLOPs per sample" in result.stdout
+    assert "reference workload (calibration)" in result.stdout
     data = json.loads(path.read_text())
-    assert data["format"] == "batchtune-bench" and data["schema"] == 1
+    assert data["format"] == "batchtune-bench" and data["schema"] == 2
     assert len(data["samples"]) == 4 and all(len(rep) == 12 for rep in data["samples"])
     assert all(t > 0 for rep in data["samples"] for t in rep)
+    # One reference run timed before every step, by the same clock (the machine-speed calibration).
+    assert [len(rep) for rep in data["calibration"]] == [12] * 4
+    assert all(t > 0 for rep in data["calibration"] for t in rep)
+    assert data["config"]["calibration"] and data["summary"]["calibration_median_s"] > 0
     assert data["config"]["batch_size"] == 32 and data["config"]["clock"] == "cpu"
     fp = data["fingerprint"]
     assert fp["threads"] == 1 and fp["precision"] == "fp32" and len(fp["task_sha256"]) == 64
@@ -76,6 +81,7 @@ def test_compare_slowed_task_fails(cli, tasks, saved):
     assert decision["status"] == "regression" and decision["exit_code"] == 1
     speed = decision["rows"][0]
     assert speed["decision"] == "REGRESSION" and speed["values"]["ci_low"] > 1.6
+    assert speed["values"]["calibrated"] and "step time / reference" in speed["change"]
 
 
 def test_doctored_fingerprint_is_refused(cli, tasks, saved, workdir):
@@ -100,7 +106,7 @@ def test_compare_files_without_measuring(cli, saved):
     path, _ = saved
     result = cli("compare", path, path)
     assert result.exit_code == 0, result.output
-    assert "step time +0.0%" in result.stdout
+    assert "step time / reference +0.0%" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -109,7 +115,8 @@ def test_compare_files_without_measuring(cli, saved):
         ("{not json", "not valid JSON"),
         ('{"some": "other tool"}', "not a batchtune bench file"),
         ('{"format": "batchtune-bench", "schema": 99}', "upgrade batchtune"),
-        ('{"format": "batchtune-bench", "schema": 1, "config": {}}', "malformed baseline"),
+        ('{"format": "batchtune-bench", "schema": 2, "config": {}}', "malformed baseline"),
+        ('{"format": "batchtune-bench", "schema": 1, "config": {}}', "re-save the baseline"),
     ],
 )
 def test_corrupt_or_foreign_baseline_exits_2(cli, tasks, workdir, content, message):

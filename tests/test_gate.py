@@ -30,8 +30,9 @@ FINGERPRINT = {
 }
 CONFIG = {
     "batch_size": 32, "lr": 0.05, "norm": "batch", "precision": "fp32", "device": "cpu", "clock": "cpu",
-    "epochs": None, "seed": 0, "repeat": 8, "steps": 40, "warmup": 10, "processes": 2,
+    "epochs": None, "seed": 0, "repeat": 8, "steps": 40, "warmup": 10, "processes": 2, "calibration": None,
 }
+CALIBRATED = dict(CONFIG, calibration="reference/v1")
 
 
 def repeats(level: float, *, seed: int, n_repeats: int = 8, steps: int = 40, between: float = 0.02,
@@ -42,11 +43,27 @@ def repeats(level: float, *, seed: int, n_repeats: int = 8, steps: int = 40, bet
     return [list(lv * (1 + within * np.abs(rng.standard_normal(steps)))) for lv in levels]
 
 
+def machine(samples: list[list[float]], speed: float | list[list[float]], *, seed: int,
+            reference: float = 0.003, jitter: float = 0.01) -> tuple[list[list[float]], list[list[float]]]:
+    """Steps and their reference runs on a machine whose slowness factor is ``speed``.
+
+    ``speed`` (one factor, or one per step) multiplies both a step and the reference run before it,
+    as a busy SMT sibling or a neighbouring VM does; each reference run also has its own jitter.
+    """
+    rng = np.random.default_rng(seed)
+    factors = [[speed] * len(rep) for rep in samples] if isinstance(speed, float) else speed
+    steps = [[t * f for t, f in zip(rep, fs)] for rep, fs in zip(samples, factors)]
+    refs = [[reference * f * (1 + jitter * abs(rng.standard_normal())) for f in fs] for fs in factors]
+    return steps, refs
+
+
 def run(samples: list[list[float]], *, memory: int = 300 << 20, metric: float | None = None,
-        fingerprint: dict | None = None, config: dict | None = None) -> BenchRun:
+        fingerprint: dict | None = None, config: dict | None = None,
+        calibration: list[list[float]] | None = None) -> BenchRun:
     return BenchRun(
-        task="task.py", created="2025-01-01T00:00:00+00:00", config=dict(config or CONFIG),
-        fingerprint=dict(fingerprint or FINGERPRINT), samples=samples, wall_samples=samples,
+        task="task.py", created="2025-01-01T00:00:00+00:00",
+        config=dict(config or (CALIBRATED if calibration is not None else CONFIG)),
+        fingerprint=dict(fingerprint or FINGERPRINT), samples=samples, wall_samples=samples, calibration=calibration,
         repeat_process=[i % 2 for i in range(len(samples))], peak_memory_bytes=[memory] * len(samples),
         memory_kind="cpu-rss", flops_per_sample=1e6, metric=metric,
     )
@@ -176,14 +193,68 @@ def test_quantile_choice_trades_tail_regressions_for_noise_resistance():
     assert speed_change(base, cur, max_slowdown=0.05, quantile=0.5).verdict == REGRESSION
 
 
-def test_processes_are_resampled_as_the_top_level():
-    # Two processes whose levels differ by 10%: with the process labels the interval is wider.
-    base = repeats(0.010, seed=20, between=0.0)
-    cur = [[t * (1.10 if i % 2 else 1.0) for t in rep] for i, rep in enumerate(repeats(0.010, seed=21, between=0.0))]
-    labels = [i % 2 for i in range(len(cur))]
-    flat = speed_change(base, cur, max_slowdown=0.05, quantile=0.5)
-    nested = speed_change(base, cur, max_slowdown=0.05, quantile=0.5, baseline_process=labels, current_process=labels)
-    assert nested.high - nested.low > flat.high - flat.low
+def test_drift_that_hits_steps_and_reference_alike_cancels():
+    # The whole machine is 20% slower during the current run: raw step times call it a regression,
+    # the calibrated figure (step time / the reference run before it) sees no change.
+    base_steps, base_ref = machine(repeats(0.010, seed=20), 1.0, seed=21)
+    cur_steps, cur_ref = machine(repeats(0.010, seed=22), 1.20, seed=23)
+    assert speed_change(base_steps, cur_steps, max_slowdown=0.05).verdict == REGRESSION
+    calibrated = speed_change(base_steps, cur_steps, max_slowdown=0.05,
+                              baseline_calibration=base_ref, current_calibration=cur_ref)
+    assert calibrated.verdict == PASS and abs(calibrated.slowdown) < 0.03 and calibrated.low < 1.0 < calibrated.high
+
+
+def test_slowdown_is_found_under_drift_that_hides_it_from_raw_times():
+    # The code got 15% slower but the machine is 13% faster now: raw times barely move.
+    base_steps, base_ref = machine(repeats(0.010, seed=24), 1.0, seed=25)
+    cur_steps, cur_ref = machine(repeats(0.0115, seed=26), 0.87, seed=27)
+    assert speed_change(base_steps, cur_steps, max_slowdown=0.05).verdict == PASS
+    calibrated = speed_change(base_steps, cur_steps, max_slowdown=0.05,
+                              baseline_calibration=base_ref, current_calibration=cur_ref)
+    assert calibrated.verdict == REGRESSION and 0.10 < calibrated.slowdown < 0.20 and calibrated.low > 1.05
+
+
+def test_short_bursts_cancel_step_by_step():
+    # Bursts slow random single steps by 30-60% in both runs, each step together with its reference run.
+    rng = np.random.default_rng(28)
+
+    def bursts(n_repeats: int = 8, steps: int = 40) -> list[list[float]]:
+        return [list(1 + (rng.random(steps) < 0.3) * rng.uniform(0.3, 0.6, steps)) for _ in range(n_repeats)]
+
+    base_steps, base_ref = machine(repeats(0.010, seed=29), bursts(), seed=30)
+    cur_steps, cur_ref = machine(repeats(0.010, seed=31), bursts(), seed=32)
+    same = speed_change(base_steps, cur_steps, max_slowdown=0.05, baseline_calibration=base_ref, current_calibration=cur_ref)
+    assert same.verdict == PASS and abs(same.slowdown) < 0.02
+    slow_steps, slow_ref = machine(repeats(0.0115, seed=33), bursts(), seed=34)
+    slowed = speed_change(base_steps, slow_steps, max_slowdown=0.05, baseline_calibration=base_ref, current_calibration=slow_ref)
+    assert slowed.verdict == REGRESSION
+
+
+def test_calibration_on_one_side_only_or_misshapen_is_refused():
+    steps, refs = machine(repeats(0.010, seed=35), 1.0, seed=36)
+    with pytest.raises(ValueError, match="both sides or neither"):
+        speed_change(steps, steps, max_slowdown=0.05, baseline_calibration=refs)
+    with pytest.raises(ValueError, match="one calibration sample per step"):
+        speed_change(steps, steps, max_slowdown=0.05, baseline_calibration=refs, current_calibration=[r[:-1] for r in refs])
+
+
+def test_decision_uses_the_calibration_of_calibrated_runs():
+    base_steps, base_ref = machine(repeats(0.010, seed=37), 1.0, seed=38)
+    cur_steps, cur_ref = machine(repeats(0.010, seed=39), 1.25, seed=40)
+    decision = decide(run(base_steps, calibration=base_ref), run(cur_steps, calibration=cur_ref))
+    speed = decision.rows[0]
+    assert speed.values["calibrated"] and speed.decision == PASS and decision.exit_code == EXIT_PASS
+    assert "median step time / reference" in render_markdown(decision)
+    # A run without calibration (an old file compared anyway) is refused: config.calibration differs.
+    refused = decide(run(base_steps, calibration=base_ref), run(cur_steps))
+    assert refused.exit_code == EXIT_MISMATCH and [m.field for m in refused.mismatches] == ["calibration"]
+
+
+def test_calibrated_improvement_is_stale():
+    base_steps, base_ref = machine(repeats(0.010, seed=41), 1.0, seed=42)
+    cur_steps, cur_ref = machine(repeats(0.008, seed=43), 1.1, seed=44)
+    change = speed_change(base_steps, cur_steps, max_slowdown=0.05, baseline_calibration=base_ref, current_calibration=cur_ref)
+    assert change.verdict == STALE and change.high < 1.0
 
 
 def test_interleaved_runs_are_compared_repeat_for_repeat():
@@ -198,3 +269,13 @@ def test_interleaved_runs_are_compared_repeat_for_repeat():
     config = dict(CONFIG, interleave_id="abc123")
     decision = decide(run(base, config=config), run(cur, config=config))
     assert decision.rows[0].values["paired"] and decision.exit_code == EXIT_REGRESSION
+
+
+def test_a_large_machine_speed_change_is_noted():
+    base_steps, base_ref = machine(repeats(0.010, seed=45), 1.0, seed=46)
+    cur_steps, cur_ref = machine(repeats(0.010, seed=47), 0.7, seed=48)
+    decision = decide(run(base_steps, calibration=base_ref), run(cur_steps, calibration=cur_ref))
+    assert decision.exit_code == EXIT_PASS
+    assert any("very different speed" in note for note in decision.notes)
+    steady = decide(run(base_steps, calibration=base_ref), run(base_steps, calibration=base_ref))
+    assert not any("very different speed" in note for note in steady.notes)

@@ -1,8 +1,11 @@
 """A tiny MLP whose training can be made slower on purpose, for the CI-gate tests.
 
 BATCHTUNE_TEST_SLOWDOWN=0.15 makes every training step take about 15% more CPU time: each training
-forward pass busy-waits for that fraction of the median recent step period (measured without the
-wait itself). The file's bytes do not change, so its fingerprint hash stays the same.
+forward pass busy-waits for that fraction of the median step period of the model's first
+``LEARN`` steps (measured without the wait itself), then holds that amount. Holding it matters:
+``batchtune bench`` runs its reference workload between timed steps (not between warm-up steps),
+and a period measured then would count that work as the step's and inject more than 15%. The
+file's bytes do not change, so its fingerprint hash stays the same.
 """
 
 import os
@@ -16,6 +19,9 @@ from torch.utils.data import TensorDataset
 SLOWDOWN = float(os.environ.get("BATCHTUNE_TEST_SLOWDOWN", "0") or 0)
 
 
+LEARN = 8  # step periods measured before the spin is held: fewer than batchtune bench's 10 warm-up steps
+
+
 class Slowed(nn.Module):
     """Runs ``inner`` after spinning for ``fraction`` of the un-slowed step period (0: no spin)."""
 
@@ -25,11 +31,11 @@ class Slowed(nn.Module):
         self.fraction = fraction
         self._last = None
         self._spent = 0.0
-        self._periods = deque(maxlen=15)
+        self._periods = deque(maxlen=LEARN)
 
     def forward(self, x):
         now = time.process_time()
-        if self._last is not None:
+        if self._last is not None and len(self._periods) < LEARN:
             self._periods.append(now - self._last - self._spent)
         self._last, self._spent = now, 0.0
         if self.training and self.fraction > 0 and self._periods:
