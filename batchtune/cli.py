@@ -376,6 +376,10 @@ def report(study: str, storage: str | None, output_dir: str, tolerance: Any, cur
 @click.option("--batch-big", type=int, default=128, show_default=True, help="The larger measured batch size.")
 @click.option("--steps", type=int, default=30, show_default=True, help="Gradient measurements averaged per phase.")
 @click.option("--burst-epochs", type=float, default=1.0, show_default=True, help="Training before the second measurement (0: at initialisation only).")
+@click.option("--burst-until-loss", type=float, default=None,
+              help="Stop the burst once the validation loss is at or below this, and measure there (--burst-epochs is then the cap).")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="Measure at this many seeds and report the median; the goodput band spans them (3 is a good choice near a low loss).")
 @click.option("--batch-sizes", callback=_int_list, default=None, help="Goodput candidates [default: powers of two from --batch-small].")
 @click.option("--throughput-steps", type=int, default=20, show_default=True, help="Timed steps per candidate batch size.")
 @click.option("--device", default="auto", show_default=True)
@@ -389,8 +393,9 @@ def report(study: str, storage: str | None, output_dir: str, tolerance: Any, cur
               help="BatchNorm while measuring: batch statistics as in training, or precise running statistics, frozen (per-sample gradients independent).")
 @handle_errors
 def noise(task: str, norm: str | None, lr: float | None, batch_small: int, batch_big: int, steps: int,
-          burst_epochs: float, batch_sizes: tuple[int, ...] | None, throughput_steps: int, device: str, seed: int,
-          threads: int | None, output_dir: str, name: str | None, no_plots: bool, as_json: bool, bn_stats: str) -> None:
+          burst_epochs: float, burst_until_loss: float | None, repeats: int, batch_sizes: tuple[int, ...] | None, throughput_steps: int,
+          device: str, seed: int, threads: int | None, output_dir: str, name: str | None, no_plots: bool, as_json: bool,
+          bn_stats: str) -> None:
     """Measure the gradient noise scale of TASK and the batch size that maximises goodput."""
     from batchtune.noise import NoiseConfig, run_noise
     from batchtune.noise_report import noise_lines, write_noise_report
@@ -398,8 +403,8 @@ def noise(task: str, norm: str | None, lr: float | None, batch_small: int, batch
 
     config = NoiseConfig(
         task_path=task, norm=norm, lr=lr, b_small=batch_small, b_big=batch_big, steps=steps,
-        burst_epochs=burst_epochs, batch_sizes=batch_sizes, throughput_steps=throughput_steps, device=device,
-        seed=seed, threads=threads, bn_stats=bn_stats,
+        burst_epochs=burst_epochs, burst_until_loss=burst_until_loss, repeats=repeats, batch_sizes=batch_sizes,
+        throughput_steps=throughput_steps, device=device, seed=seed, threads=threads, bn_stats=bn_stats,
     )
     result = run_noise(config)
     paths = write_noise_report(result, Path(output_dir) / (name or Path(task).stem), plots=not no_plots)

@@ -28,6 +28,7 @@ CONFIDENCE = 0.95  # two-sided bootstrap interval of B_simple
 BOOTSTRAP = 2000
 BN_STATS = ("batch", "running")  # how BatchNorm normalizes while gradients are measured
 PRECISE_BN_SAMPLES = 4096  # training samples whose statistics replace the running averages (PreciseBN)
+UNTIL_VAL_SAMPLES = 512  # validation samples whose mean loss decides --burst-until-loss
 
 
 # ----------------------------------------------------------------------------------- the estimator
@@ -124,7 +125,9 @@ class NoiseConfig:
     b_small: int = 16
     b_big: int = 128
     steps: int = 30
-    burst_epochs: float = 1.0
+    burst_epochs: float = 1.0  # with burst_until_loss: the most the burst may train
+    burst_until_loss: float | None = None  # stop the burst once the validation loss is at or below this
+    repeats: int = 1  # measurements at seeds seed, seed+1, ...; the median one is reported
     batch_sizes: tuple[int, ...] | None = None  # goodput candidates; None: powers of two from b_small
     throughput_steps: int = 20
     device: str = "auto"
@@ -147,8 +150,17 @@ class NoiseConfig:
             raise UsageError(f"--steps {self.steps} must be at least 2 (the estimate averages over steps)")
         if not math.isfinite(self.burst_epochs) or self.burst_epochs < 0:
             raise UsageError(f"--burst-epochs {self.burst_epochs:g} must be 0 or a positive number of epochs")
+        if self.burst_until_loss is not None:
+            if not math.isfinite(self.burst_until_loss):
+                raise UsageError(f"--burst-until-loss {self.burst_until_loss:g} must be a finite validation loss such as 0.15")
+            if self.burst_epochs <= 0:
+                raise UsageError(
+                    "--burst-until-loss needs a training burst; pass --burst-epochs above 0 (the most it may train)"
+                )
         if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
             raise UsageError(f"--lr {self.lr:g} must be a positive learning rate such as 0.05")
+        if self.repeats < 1:
+            raise UsageError(f"--repeats {self.repeats} must be at least 1 (3 gives a median that one odd point cannot move)")
         if self.throughput_steps < 4:
             raise UsageError(f"--throughput-steps {self.throughput_steps} must be at least 4")
         if self.batch_sizes is not None and (not self.batch_sizes or min(self.batch_sizes) < 1):
@@ -166,9 +178,21 @@ class NoisePhase:
     epochs: float  # training epochs before the measurement
     train_loss: float | None  # mean loss of the measured batches at this point
     estimate: NoiseEstimate
+    val_loss: float | None = None  # validation loss where the burst stopped (--burst-until-loss only)
+    until_loss: float | None = None  # the --burst-until-loss target; reached when val_loss <= until_loss
+
+    @property
+    def reached(self) -> bool | None:
+        """Whether the burst reached --burst-until-loss (None: there was no such target)."""
+        if self.until_loss is None:
+            return None
+        return self.val_loss is not None and self.val_loss <= self.until_loss
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "epochs": self.epochs, "train_loss": self.train_loss, **self.estimate.to_dict()}
+        return {
+            "label": self.label, "epochs": self.epochs, "train_loss": self.train_loss, "val_loss": self.val_loss,
+            "until_loss": self.until_loss, "reached": self.reached, **self.estimate.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -311,6 +335,26 @@ def measure_norms(
     return small_sq, big_sq, float(np.mean(losses))
 
 
+def validation_loss(task: Any, model: Any, dataset: Any, device: Any) -> float:
+    """Sample-weighted mean of the task's loss over ``dataset``, in eval mode; leaves the model in train mode."""
+    import torch
+
+    from batchtune.task import call_user, forward
+    from batchtune.train import batch_len, eval_batches, to_device
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for inputs, target in eval_batches(dataset, 256):
+            inputs, target = to_device(inputs, device), to_device(target, device)
+            output = call_user(task, "model(input)", forward, model, inputs)
+            n = batch_len(target, 256)
+            total += float(call_user(task, "loss_fn(output, target)", task.loss_fn, output, target)) * n
+            count += n
+    model.train()
+    return total / count
+
+
 def measure_gradient_noise(
     *,
     task_path: str,
@@ -324,12 +368,16 @@ def measure_gradient_noise(
     seed: int,
     threads: int | None,
     bn_stats: str = "batch",
+    until_loss: float | None = None,
 ) -> GradientNoise:
     """Measure B_simple on a fresh model at initialisation and after a short training burst.
 
     Runs wherever it is called; :func:`run_noise` calls it in a child process. The burst trains
     with the task's optimizer at ``b_small`` for ``burst_epochs`` epochs (shuffled, drop_last, as
     the search trains), since the noise scale grows as the loss falls (McCandlish et al. 2018, sec. 3).
+    With ``until_loss`` the burst stops as soon as the validation loss (first 512 validation samples,
+    checked every ``max(1, 64 // b_small)`` steps) is at or below it, so B_simple is measured at the
+    loss the critical batch is wanted for; ``burst_epochs`` is then the most it may train.
     """
     import torch
 
@@ -370,6 +418,15 @@ def measure_gradient_noise(
             optimizer = build_optimizer(task, model, lr)
             burst_gen = torch.Generator().manual_seed(seed + 2)
             total = max(1, round(burst_epochs * (n // b_small)))
+            check = max(1, 64 // b_small)
+            val = None
+            if until_loss is not None:
+                from torch.utils.data import Subset
+
+                full_val = make_dataset(task, "val")
+                val = Subset(full_val, range(min(UNTIL_VAL_SAMPLES, len(full_val))))
+            val_loss = None
+            steps_done = 0
             model.train()
             for step, (inputs, target) in zip(range(total), train_batches(train, b_small, burst_gen, pin=False)):
                 inputs, target = to_device(inputs, dev), to_device(target, dev)
@@ -382,10 +439,21 @@ def measure_gradient_noise(
                     )
                 step_loss.backward()
                 optimizer.step()
+                steps_done = step + 1
+                if val is not None and (steps_done % check == 0 or steps_done == total):
+                    val_loss = validation_loss(task, model, val, dev)
+                    if val_loss <= until_loss:  # type: ignore[operator]
+                        break
             del optimizer
             small, big, loss = measure_norms(task, model, batches, b_small, b_big, steps, dev, bn_stats)
-            label = f"after {burst_epochs:g} epoch{'s' if burst_epochs != 1 else ''}"
-            phases.append(NoisePhase(label, burst_epochs, loss, estimate_from_norms(small, big, b_small, b_big, seed=seed)))
+            epochs = steps_done / (n // b_small) if until_loss is not None else burst_epochs
+            label = f"after {epochs:.3g} epoch{'s' if epochs != 1 else ''}"
+            if until_loss is not None:
+                reached = val_loss is not None and val_loss <= until_loss
+                label = (f"at validation loss {val_loss:.3g} ({label})" if reached else
+                         f"{label}, validation loss {val_loss:.3g} (target {until_loss:g} not reached)")
+            estimate = estimate_from_norms(small, big, b_small, b_big, seed=seed)
+            phases.append(NoisePhase(label, epochs, loss, estimate, val_loss=val_loss, until_loss=until_loss))
         return GradientNoise(
             norm=chosen, lr=float(lr), b_small=b_small, b_big=b_big, phases=tuple(phases), train_size=n, device=str(dev),
             batchnorm_layers=batchnorm_layers, bn_stats=bn_stats,
@@ -456,6 +524,8 @@ class NoiseReport:
     warnings: tuple[str, ...] = field(default_factory=tuple)  # reasons to distrust B_simple
     batchnorm_layers: int = 0
     bn_stats: str = "batch"
+    seed: int = 0  # the seed of the measurement reported in ``phases``
+    repeats: tuple[tuple[int, float | None], ...] = ()  # (seed, last phase's B_simple) of every repeat; None: not resolved
 
     @property
     def final(self) -> NoisePhase:
@@ -481,6 +551,8 @@ class NoiseReport:
             "recommended": self.recommended,
             "batchnorm_layers": self.batchnorm_layers,
             "bn_stats": self.bn_stats,
+            "seed": self.seed,
+            "repeats": [{"seed": seed, "b_simple": v} for seed, v in self.repeats],
             "notes": list(self.notes),
             "warnings": list(self.warnings),
         }
@@ -496,8 +568,38 @@ def default_sizes(b_small: int, train_size: int, limit: int = 1024) -> tuple[int
     return tuple(sizes)
 
 
+def repeat_band(estimate: NoiseEstimate, repeats: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """The band of B_noise: the reported measurement's bootstrap band, widened to every repeat's value.
+
+    The bootstrap band covers the noise of the measured batches at one point of training; repeats at other
+    seeds show how much the value moves between points, which near a low loss is more (docs/noise.md).
+    """
+    low, high = estimate.low, estimate.high
+    if any(v is None for v in repeats):
+        high = None
+    values = [v for v in repeats if v is not None]
+    if values:
+        low = min(values + ([low] if low is not None else []))
+        high = max(values + [high]) if high is not None else None
+    return low, high
+
+
+def pick_median(runs: Sequence[GradientNoise]) -> int:
+    """The index of the run whose last-phase B_simple is the (lower) median; unresolved counts as the largest."""
+
+    def key(i: int) -> float:
+        v = runs[i].phases[-1].estimate.b_simple
+        return math.inf if v is None else v
+
+    ordered = sorted(range(len(runs)), key=key)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def make_goodput(
-    noise: GradientNoise | NoiseReport, throughput: Mapping[int, float], source: str
+    noise: GradientNoise | NoiseReport,
+    throughput: Mapping[int, float],
+    source: str,
+    repeats: Sequence[float | None] = (),
 ) -> tuple[GoodputCurve | None, list[str]]:
     """The goodput curve from the last measured phase, with notes on what could not be done."""
     notes = []
@@ -511,7 +613,7 @@ def make_goodput(
             f"|G|^2 was not resolved {phase.label} (its estimate is not positive): the gradient is mostly noise, "
             "so efficiency is taken as 1 at every batch size; measure more --steps or after a longer --burst-epochs"
         )
-    curve = goodput_curve(throughput, b_noise, band=(est.low, est.high), source=source)
+    curve = goodput_curve(throughput, b_noise, band=repeat_band(est, repeats), source=source)
     return curve, notes
 
 
@@ -532,20 +634,26 @@ def run_noise(
 
     cfg = config.validated()
     device = str(resolve_device(cfg.device))
-    kwargs = dict(
-        task_path=str(Path(cfg.task_path).resolve()), norm=cfg.norm, lr=cfg.lr, b_small=cfg.b_small, b_big=cfg.b_big,
-        steps=cfg.steps, burst_epochs=cfg.burst_epochs, device=device, seed=cfg.seed, threads=cfg.threads,
-        bn_stats=cfg.bn_stats,
-    )
-    if isolate:
-        from batchtune.child import call_in_child
-
-        env = {"OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}
-        noise = call_in_child(
-            measure_gradient_noise, kwargs, env=env, timeout=cfg.timeout, what="the noise-scale measurement"
+    seeds = range(cfg.seed, cfg.seed + cfg.repeats)
+    runs = []
+    for seed in seeds:
+        kwargs = dict(
+            task_path=str(Path(cfg.task_path).resolve()), norm=cfg.norm, lr=cfg.lr, b_small=cfg.b_small,
+            b_big=cfg.b_big, steps=cfg.steps, burst_epochs=cfg.burst_epochs, device=device, seed=seed,
+            threads=cfg.threads, bn_stats=cfg.bn_stats, until_loss=cfg.burst_until_loss,
         )
-    else:
-        noise = measure_gradient_noise(**kwargs)  # type: ignore[arg-type]
+        if isolate:
+            from batchtune.child import call_in_child
+
+            env = {"OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}
+            runs.append(call_in_child(
+                measure_gradient_noise, kwargs, env=env, timeout=cfg.timeout, what="the noise-scale measurement"
+            ))
+        else:
+            runs.append(measure_gradient_noise(**kwargs))  # type: ignore[arg-type]
+    median = pick_median(runs)
+    noise = runs[median]
+    repeats = tuple((seed, run.phases[-1].estimate.b_simple) for seed, run in zip(seeds, runs)) if cfg.repeats > 1 else ()
     if throughput is None:
         sizes = cfg.batch_sizes or default_sizes(cfg.b_small, noise.train_size)
         too_big = [b for b in sizes if b > noise.train_size]
@@ -557,8 +665,17 @@ def run_noise(
             cfg.task_path, sizes, norm=noise.norm, lr=noise.lr, device=device, steps=cfg.throughput_steps,
             seed=cfg.seed, threads=cfg.threads, timeout=cfg.timeout,
         )
-    curve, notes = make_goodput(noise, throughput, throughput_source)
+    curve, notes = make_goodput(noise, throughput, throughput_source, [v for _, v in repeats])
     warnings = []
+    final = noise.phases[-1]
+    short = [run.phases[-1] for run in runs if run.phases[-1].reached is False]
+    if short:
+        which = f"{len(short)} of {len(runs)} bursts" if len(runs) > 1 else "the burst"
+        warnings.append(
+            f"{which} stopped at the cap of --burst-epochs {cfg.burst_epochs:g} with validation loss "
+            f"{max(p.val_loss or 0.0 for p in short):.3g}, above --burst-until-loss {final.until_loss:g}, so B_simple "
+            "was measured before that loss; pass a larger --burst-epochs or a higher --lr"
+        )
     if noise.batchnorm_layers and noise.bn_stats == "batch":
         warnings.append(batchnorm_warning(noise.batchnorm_layers, noise.b_small))
     elif noise.batchnorm_layers:
@@ -572,7 +689,7 @@ def run_noise(
         task=str(Path(cfg.task_path).resolve()), norm=noise.norm, device=noise.device, lr=noise.lr,
         b_small=noise.b_small, b_big=noise.b_big, train_size=noise.train_size, phases=noise.phases,
         goodput=curve, recommended=recommended, notes=tuple(notes), warnings=tuple(warnings),
-        batchnorm_layers=noise.batchnorm_layers, bn_stats=noise.bn_stats,
+        batchnorm_layers=noise.batchnorm_layers, bn_stats=noise.bn_stats, seed=seeds[median], repeats=repeats,
     )
 
 

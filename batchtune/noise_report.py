@@ -101,6 +101,9 @@ def noise_markdown(report: NoiseReport, plot: str | None = None, heading: str = 
         phase_table(report),
         "",
     ]
+    repeats = repeats_sentence(report)
+    if repeats:
+        lines += [repeats + ".", ""]
     c = report.goodput
     if c is not None:
         lines += [
@@ -120,9 +123,11 @@ def noise_markdown(report: NoiseReport, plot: str | None = None, heading: str = 
     lines += [
         "How to read: below B_noise, doubling the batch nearly halves the steps to a given loss; above it, the "
         "extra samples per step are mostly wasted (McCandlish et al. 2018, eq. 2.11). B_simple grows as the loss "
-        "falls, so the value after the burst is the better guide for most of training, and it is an estimate: "
-        "on batchtune's small examples it came out 4 to 6 times below the critical batch measured from steps to a "
-        "target loss (benchmarks/noise_vs_steps.py), so treat it as conservative. The hardware knee is the first batch size "
+        "falls, so the value after the burst is the better guide for most of training (`--burst-until-loss` measures "
+        "it at the loss you aim for). It is an estimate: measured at the target loss, the median of 3 seeds came within "
+        "a factor of 2 of the critical batch measured from steps to that loss on two of batchtune's examples, but single "
+        "measurements spread by a factor of 3 to 20 between seeds (benchmarks/noise_vs_steps.py; use `--repeats 3`), "
+        "and with BatchNorm it does not predict the critical batch. The hardware knee is the first batch size "
         "after which doubling the batch adds under 10% throughput.",
         "",
     ]
@@ -173,6 +178,17 @@ def _clean(value: Any) -> Any:
     return clean(value)
 
 
+def repeats_sentence(report: NoiseReport) -> str | None:
+    """What the repeats measured, or None for a single measurement."""
+    if not report.repeats:
+        return None
+    values = ", ".join(f"{_g(v) if v is not None else 'not resolved'} (seed {seed})" for seed, v in report.repeats)
+    return (
+        f"B_simple {report.final.label} over {len(report.repeats)} repeats: {values}. The phases shown are the "
+        f"median repeat's (seed {report.seed}), and the goodput band spans all repeats"
+    )
+
+
 def noise_lines(report: NoiseReport) -> list[str]:
     """Terminal summary of a noise measurement (the warnings are separate: :attr:`NoiseReport.warnings`)."""
     lines = []
@@ -183,6 +199,9 @@ def noise_lines(report: NoiseReport) -> list[str]:
             f"B_simple {p.label}: {value} ({e.confidence:.0%} band {_g(e.low)} to {_g(e.high)}; "
             f"|G|^2 {e.grad_sq:.3g}, tr(Sigma) {e.trace_sigma:.3g}, {e.steps} steps, loss {p.train_loss:.4g})"
         )
+    repeats = repeats_sentence(report)
+    if repeats:
+        lines.append(repeats + ".")
     c = report.goodput
     if c is not None:
         lines.append("")

@@ -170,23 +170,34 @@ def run_task(name, cfg, quick, seeds, by_loss):
             print(f"  {name}: batch {b:>4}: target not reached", flush=True)
             continue
         median, per_seed = median_steps(run, best[1], best[0], seeds)
-        rows.append((b, (median, best[1]) if median is not None else None))
+        rows.append((b, (median, best[1], per_seed) if median is not None else None))
         print(f"  {name}: batch {b:>4}: {median} steps to target, median of seeds {per_seed} (lr {best[1]:.3g}, "
               f"best of {tried} on seed 0)", flush=True)
     reached = [(b, r) for b, r in rows if r is not None]
     s_min, b_crit = fit_critical([b for b, _ in reached], [r[0] for _, r in reached]) if len(reached) >= 3 else (None, None)
+    per_seed_fits = []  # B_crit fitted to each seed's steps alone: how far the seeds spread
+    for i in range(seeds):
+        pts = [(b, r[2][i]) for b, r in reached if r[2][i] is not None]
+        per_seed_fits.append(fit_critical(*zip(*pts))[1] if len(pts) >= 3 else None)
     first_b = min(b for b, _ in reached) if reached else B_SMALL
     first = dict(reached).get(first_b)
-    # The burst trains at B_SMALL for the samples the smallest batch needed to reach the target, at its LR rescaled.
-    burst_epochs = (first[0] * first_b / len(train)) if first else 1.0
+    # The burst trains at B_SMALL with the smallest batch's best LR, rescaled. With loss targets it stops
+    # where the validation loss reaches the target, so B_simple is measured at the loss B_crit is measured
+    # for (B_simple grows fast near it); it may train up to 3 times the samples the smallest batch needed.
+    # With accuracy targets it trains for those samples (the burst stops on a loss only).
+    needed = (first[0] * first_b / len(train)) if first else 1.0
     lr = (first[1] if first else cfg["lr_ref"]) * (B_SMALL / first_b) ** power
     noise = {}
     for stats in cfg["bn_stats"]:
-        noise[stats] = measure_gradient_noise(
-            task_path=cfg["path"], norm=None if cfg["norm"] == "as-built" else cfg["norm"], lr=lr, b_small=B_SMALL,
-            b_big=B_BIG, steps=40, burst_epochs=burst_epochs, device="cpu", seed=0, threads=1, bn_stats=stats,
-        )
-    return rows, s_min, b_crit, noise, time.perf_counter() - t0
+        noise[stats] = [
+            measure_gradient_noise(
+                task_path=cfg["path"], norm=None if cfg["norm"] == "as-built" else cfg["norm"], lr=lr, b_small=B_SMALL,
+                b_big=B_BIG, steps=40, burst_epochs=3 * needed if by_loss else needed, device="cpu", seed=seed,
+                threads=1, bn_stats=stats, until_loss=cfg["target"] if by_loss else None,
+            )
+            for seed in range(seeds)
+        ]
+    return rows, s_min, b_crit, per_seed_fits, noise, time.perf_counter() - t0
 
 
 def _g(v):
@@ -207,7 +218,7 @@ def main():
     for name in args.tasks.split(","):
         key = "target" if args.metric == "loss" else "accuracy"
         cfg = TASKS[name] if args.target is None else {**TASKS[name], key: args.target}
-        rows, s_min, b_crit, noise, seconds = run_task(name, cfg, args.quick, args.seeds, args.metric == "loss")
+        rows, s_min, b_crit, seed_fits, noise, seconds = run_task(name, cfg, args.quick, args.seeds, args.metric == "loss")
         what = f"validation loss {cfg['target']}" if args.metric == "loss" else f"validation accuracy {cfg['accuracy']}"
         print(f"\n{name} ({cfg['path']}, norm {cfg['norm']}, target: {what}, {seconds:.0f} s)")
         print(f"  {'batch':>6} {'steps S':>8} {'samples E':>10} {'best lr':>8}  (S/S_min-1)(E/E_min-1)")
@@ -219,22 +230,34 @@ def main():
             check = f"{(s / s_min - 1) * (s * b / (s_min * b_crit) - 1):.2f}" if s_min else ""
             print(f"  {b:>6} {s:>8g} {s * b:>10g} {r[1]:>8.3g}  {check}")
         print(f"  fit: S_min {s_min:.3g} steps, B_crit = E_min/S_min = {b_crit:.3g}" if b_crit else "  fit: failed")
-        for stats, result in noise.items():
-            init, end = result.phases[0].estimate, result.phases[-1].estimate
-            how = f"BatchNorm {stats} statistics" if result.batchnorm_layers else "no BatchNorm"
-            print(f"  B_simple ({how}): at initialisation {_g(init.b_simple)}; {result.phases[-1].label} at batch "
-                  f"{result.b_small} {_g(end.b_simple) if end.b_simple else 'not resolved'} "
-                  f"(95% band {_g(end.low)} to {_g(end.high)})")
-            pred = end.b_simple
+        print(f"  B_crit fitted to each seed alone: {', '.join(_g(v) if v else 'failed' for v in seed_fits)}")
+        for stats, results in noise.items():
+            ends = [r.phases[-1] for r in results]
+            values = [p.estimate.b_simple for p in ends]
+            how = f"BatchNorm {stats} statistics" if results[0].batchnorm_layers else "no BatchNorm"
+            print(f"  B_simple ({how}), burst at batch {results[0].b_small}, lr {results[0].lr:.3g}:")
+            for seed, (r, p) in enumerate(zip(results, ends)):
+                e = p.estimate
+                print(f"    seed {seed}: at initialisation {_g(r.phases[0].estimate.b_simple)}; {p.label}: "
+                      f"{_g(e.b_simple) if e.b_simple else 'not resolved'} (95% band {_g(e.low)} to {_g(e.high)})")
+            resolved = sorted(v for v in values if v)
+            # The median over seeds, an unresolved seed counting as larger than any value; None if most are unresolved.
+            pred = statistics.median([math.inf if v is None else v for v in values]) if len(resolved) * 2 > len(values) else None
+            pred = pred if pred is not None and math.isfinite(pred) else None
             ratio = pred / b_crit if (pred and b_crit) else None
             verdict = ("yes" if 0.5 <= ratio <= 2 else "no") if ratio else "no (not resolved)"
-            why = WHY[stats] if result.batchnorm_layers else "large batches scale better than B_simple predicts (docs/noise.md)"
-            summary.append((name, how, b_crit, end, ratio, verdict, why))
-    print("\n| task | measured with | B_crit (steps fit) | B_simple at target (95% band) | ratio | within 2x | why not |")
+            why = WHY[stats] if results[0].batchnorm_layers else ("" if verdict == "yes" else "see docs/noise.md")
+            span = f"{_g(resolved[0])} to {_g(resolved[-1])}" if resolved else "-"
+            reached = sum(bool(p.reached) for p in ends) if ends[0].until_loss is not None else None
+            summary.append((name, how, b_crit, seed_fits, pred, span, reached, len(ends), ratio, verdict, why))
+    print("\n| task | measured with | B_crit (fit of median steps; per seed) | B_simple at target (median of seeds; "
+          "seeds' range) | ratio | within 2x | why not |")
     print("|---|---|---:|---:|---:|---|---|")
-    for name, how, b_crit, end, ratio, verdict, why in summary:
-        pred = f"{_g(end.b_simple)} ({_g(end.low)} to {_g(end.high)})" if end.b_simple else "not resolved"
-        print(f"| {name} | {how} | {_g(b_crit)} | {pred} | {f'{ratio:.2f}' if ratio else '-'} | {verdict} | "
+    for name, how, b_crit, seed_fits, pred, span, reached, n, ratio, verdict, why in summary:
+        fits = ", ".join(_g(v) if v else "failed" for v in seed_fits)
+        where = f"; {reached}/{n} bursts reached the target" if reached is not None and reached < n else ""
+        pred_s = f"{_g(pred)} ({span}{where})" if pred else f"not resolved ({span}{where})"
+        print(f"| {name} | {how} | {_g(b_crit)} ({fits}) | {pred_s} | {f'{ratio:.2f}' if ratio else '-'} | {verdict} | "
               f"{why if verdict != 'yes' else ''} |")
     print(f"\n({time.perf_counter() - start:.0f} s, CPU, 1 thread)")
 

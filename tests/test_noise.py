@@ -15,6 +15,7 @@ from batchtune.noise import (
     NoiseConfig,
     estimate_from_norms,
     measure_gradient_noise,
+    repeat_band,
     run_noise,
     unbiased_parts,
 )
@@ -83,6 +84,52 @@ def test_measurement_matches_linear_regression_theory(tasks):
     assert after.estimate.b_simple is None or after.estimate.b_simple > 2 * init.estimate.b_simple
 
 
+def test_burst_until_loss_stops_at_the_target_and_measures_there(tasks):
+    # Validation loss starts near |w*|^2 + SIGMA^2 = 9.25 and falls towards SIGMA^2 = 4.
+    result = measure_gradient_noise(
+        task_path=str(tasks / "noise_linear.py"), norm=None, lr=0.01, b_small=4, b_big=32, steps=20,
+        burst_epochs=1.0, device="cpu", seed=1, threads=1, until_loss=6.0,
+    )
+    init, after = result.phases
+    assert after.reached is True and after.until_loss == 6.0 and after.val_loss <= 6.0
+    assert 0 < after.epochs < 0.5  # stopped well before the cap of one epoch (2048 steps)
+    assert after.label.startswith(f"at validation loss {after.val_loss:.3g} (after ")
+    assert after.to_dict()["reached"] is True and init.reached is None
+    # The loss it stopped at is the loss it measured at: the measured batches' loss is near 6, not near 4.
+    assert 4.5 < after.train_loss < 7.5
+
+
+def test_burst_until_loss_not_reached_is_warned_about(tasks):
+    # The loss cannot fall below the label noise SIGMA^2 = 4: the burst runs to its cap.
+    cfg = NoiseConfig(task_path=str(tasks / "noise_linear.py"), b_small=4, b_big=32, steps=6, burst_epochs=0.01,
+                      burst_until_loss=1.0, threads=1, device="cpu")
+    report = run_noise(cfg, throughput={16: 1000.0, 32: 1900.0}, isolate=False)
+    final = report.final
+    assert final.reached is False and final.epochs == pytest.approx(0.01, rel=0.1)
+    assert "(target 1 not reached)" in final.label
+    (warning,) = report.warnings
+    assert "above --burst-until-loss 1" in warning and "larger --burst-epochs" in warning
+    with pytest.raises(UsageError, match="--burst-until-loss needs a training burst"):
+        NoiseConfig(task_path="x.py", burst_epochs=0, burst_until_loss=1.0).validated()
+
+
+def test_repeats_report_the_median_and_widen_the_band(tasks):
+    cfg = NoiseConfig(task_path=str(tasks / "noise_linear.py"), b_small=4, b_big=32, steps=30, burst_epochs=0.02,
+                      repeats=3, seed=5, threads=1, device="cpu")
+    report = run_noise(cfg, throughput={16: 1000.0, 32: 1900.0}, isolate=False)
+    seeds = [seed for seed, _ in report.repeats]
+    values = [v for _, v in report.repeats]
+    assert seeds == [5, 6, 7] and None not in values and len(set(values)) == 3  # three different measurements
+    assert report.b_noise == sorted(values)[1] and report.seed == seeds[values.index(report.b_noise)]
+    est = report.final.estimate
+    assert repeat_band(est, values) == (min(values + [est.low]), max(values + [est.high]))
+    assert repeat_band(est, [values[0], None])[1] is None  # an unresolved repeat leaves the band open above
+    assert report.to_dict()["repeats"][0] == {"seed": 5, "b_simple": values[0]}
+    assert "over 3 repeats" in noise_markdown(report) and f"median repeat's (seed {report.seed})" in noise_markdown(report)
+    with pytest.raises(UsageError, match="--repeats 0 must be at least 1"):
+        NoiseConfig(task_path="x.py", repeats=0).validated()
+
+
 def test_efficiency_and_goodput_math():
     assert efficiency(32, 100.0, 32) == 1.0
     assert efficiency(64, 0.0, 32) == pytest.approx(0.5)  # no noise: a sample at 64 does half the work
@@ -127,9 +174,10 @@ def test_run_noise_in_process_and_section(tasks, tmp_path):
 def test_noise_cli_json(cli, tasks, workdir):
     result = cli("noise", tasks / "noise_linear.py", "--batch-small", "4", "--batch-big", "32", "--steps", "8",
                  "--burst-epochs", "0.01", "--batch-sizes", "16,64", "--throughput-steps", "6", "--threads", "1",
-                 "--device", "cpu", "--json")
+                 "--device", "cpu", "--repeats", "2", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
+    assert [r["seed"] for r in data["repeats"]] == [0, 1] and data["seed"] in (0, 1)
     assert [p["label"] for p in data["phases"]] == ["initialisation", "after 0.01 epochs"]
     assert {"b_simple", "low", "high", "grad_sq", "trace_sigma", "steps", "train_loss"} <= set(data["phases"][0])
     assert data["goodput"]["sizes"] == [16, 64] and data["goodput"]["best"] in (16, 64)
@@ -144,6 +192,9 @@ def test_noise_cli_bad_input(cli, tasks):
     # Raised in the child process, re-raised here with the same class and exit code.
     big = cli("noise", tasks / "noise_linear.py", "--batch-big", "100000", "--steps", "2", "--threads", "1")
     assert big.exit_code == 2 and "larger than the training set (8192 samples)" in big.output
+    until = cli("noise", tasks / "noise_linear.py", "--burst-epochs", "0", "--burst-until-loss", "5")
+    assert until.exit_code == 2 and "--burst-until-loss needs a training burst; pass --burst-epochs above 0" in until.output
+    assert "Traceback" not in until.output
 
 
 def _bn_report(tasks, **kwargs):
