@@ -28,7 +28,7 @@ CONFIDENCE = 0.95  # two-sided bootstrap interval of B_simple
 BOOTSTRAP = 2000
 BN_STATS = ("batch", "running")  # how BatchNorm normalizes while gradients are measured
 PRECISE_BN_SAMPLES = 4096  # training samples whose statistics replace the running averages (PreciseBN)
-UNTIL_VAL_SAMPLES = 512  # validation samples whose mean loss decides --burst-until-loss
+UNTIL_VAL_SAMPLES = 512  # validation samples whose mean loss or metric decides --burst-until-loss/-metric
 
 
 # ----------------------------------------------------------------------------------- the estimator
@@ -125,8 +125,9 @@ class NoiseConfig:
     b_small: int = 16
     b_big: int = 128
     steps: int = 30
-    burst_epochs: float = 1.0  # with burst_until_loss: the most the burst may train
+    burst_epochs: float = 1.0  # with burst_until_loss or burst_until_metric: the most the burst may train
     burst_until_loss: float | None = None  # stop the burst once the validation loss is at or below this
+    burst_until_metric: float | None = None  # stop it once the validation metric is at this or better
     repeats: int = 1  # measurements at seeds seed, seed+1, ...; the median one is reported
     batch_sizes: tuple[int, ...] | None = None  # goodput candidates; None: powers of two from b_small
     throughput_steps: int = 20
@@ -150,13 +151,15 @@ class NoiseConfig:
             raise UsageError(f"--steps {self.steps} must be at least 2 (the estimate averages over steps)")
         if not math.isfinite(self.burst_epochs) or self.burst_epochs < 0:
             raise UsageError(f"--burst-epochs {self.burst_epochs:g} must be 0 or a positive number of epochs")
-        if self.burst_until_loss is not None:
-            if not math.isfinite(self.burst_until_loss):
-                raise UsageError(f"--burst-until-loss {self.burst_until_loss:g} must be a finite validation loss such as 0.15")
+        if self.burst_until_loss is not None and self.burst_until_metric is not None:
+            raise UsageError("pass --burst-until-loss or --burst-until-metric, not both")
+        for flag, value in (("--burst-until-loss", self.burst_until_loss), ("--burst-until-metric", self.burst_until_metric)):
+            if value is None:
+                continue
+            if not math.isfinite(value):
+                raise UsageError(f"{flag} {value:g} must be a finite validation value such as 0.15")
             if self.burst_epochs <= 0:
-                raise UsageError(
-                    "--burst-until-loss needs a training burst; pass --burst-epochs above 0 (the most it may train)"
-                )
+                raise UsageError(f"{flag} needs a training burst; pass --burst-epochs above 0 (the most it may train)")
         if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
             raise UsageError(f"--lr {self.lr:g} must be a positive learning rate such as 0.05")
         if self.repeats < 1:
@@ -171,6 +174,29 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class StopAt:
+    """Where a training burst stops: a validation loss (at or below) or metric (at or better)."""
+
+    what: str  # "loss" or "metric"
+    value: float
+    higher_better: bool = False  # the metric's direction (the task's METRIC_MODE); the loss: lower
+
+    def met(self, loss: float | None, metric: float | None) -> bool:
+        seen = loss if self.what == "loss" else metric
+        if seen is None:
+            return False
+        return seen >= self.value if self.higher_better else seen <= self.value
+
+    def describe(self, loss: float | None, metric: float | None) -> str:
+        seen = loss if self.what == "loss" else metric
+        return f"validation {self.what} {seen:.3g}" if seen is not None else f"validation {self.what} not measured"
+
+    @property
+    def flag(self) -> str:
+        return f"--burst-until-{self.what}"
+
+
+@dataclass(frozen=True)
 class NoisePhase:
     """The noise scale at one point of training."""
 
@@ -178,20 +204,22 @@ class NoisePhase:
     epochs: float  # training epochs before the measurement
     train_loss: float | None  # mean loss of the measured batches at this point
     estimate: NoiseEstimate
-    val_loss: float | None = None  # validation loss where the burst stopped (--burst-until-loss only)
-    until_loss: float | None = None  # the --burst-until-loss target; reached when val_loss <= until_loss
+    until: StopAt | None = None  # where the burst was to stop (--burst-until-loss/-metric)
+    val_loss: float | None = None  # validation loss and metric where the burst stopped (with ``until`` only)
+    val_metric: float | None = None
 
     @property
     def reached(self) -> bool | None:
-        """Whether the burst reached --burst-until-loss (None: there was no such target)."""
-        if self.until_loss is None:
+        """Whether the burst reached its target (None: there was no target)."""
+        if self.until is None:
             return None
-        return self.val_loss is not None and self.val_loss <= self.until_loss
+        return self.until.met(self.val_loss, self.val_metric)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "label": self.label, "epochs": self.epochs, "train_loss": self.train_loss, "val_loss": self.val_loss,
-            "until_loss": self.until_loss, "reached": self.reached, **self.estimate.to_dict(),
+            "label": self.label, "epochs": self.epochs, "train_loss": self.train_loss,
+            "until": asdict(self.until) if self.until else None, "val_loss": self.val_loss, "val_metric": self.val_metric,
+            "reached": self.reached, **self.estimate.to_dict(),
         }
 
 
@@ -335,24 +363,25 @@ def measure_norms(
     return small_sq, big_sq, float(np.mean(losses))
 
 
-def validation_loss(task: Any, model: Any, dataset: Any, device: Any) -> float:
-    """Sample-weighted mean of the task's loss over ``dataset``, in eval mode; leaves the model in train mode."""
+def validation_scores(task: Any, model: Any, dataset: Any, device: Any) -> tuple[float, float]:
+    """Sample-weighted means of the task's loss and metric over ``dataset``, in eval mode; leaves train mode on."""
     import torch
 
     from batchtune.task import call_user, forward
     from batchtune.train import batch_len, eval_batches, to_device
 
     model.eval()
-    total, count = 0.0, 0
+    loss, metric, count = 0.0, 0.0, 0
     with torch.no_grad():
         for inputs, target in eval_batches(dataset, 256):
             inputs, target = to_device(inputs, device), to_device(target, device)
             output = call_user(task, "model(input)", forward, model, inputs)
             n = batch_len(target, 256)
-            total += float(call_user(task, "loss_fn(output, target)", task.loss_fn, output, target)) * n
+            loss += float(call_user(task, "loss_fn(output, target)", task.loss_fn, output, target)) * n
+            metric += float(call_user(task, "metric(output, target)", task.metric, output, target)) * n
             count += n
     model.train()
-    return total / count
+    return loss / count, metric / count
 
 
 def measure_gradient_noise(
@@ -369,6 +398,7 @@ def measure_gradient_noise(
     threads: int | None,
     bn_stats: str = "batch",
     until_loss: float | None = None,
+    until_metric: float | None = None,
 ) -> GradientNoise:
     """Measure B_simple on a fresh model at initialisation and after a short training burst.
 
@@ -377,7 +407,8 @@ def measure_gradient_noise(
     the search trains), since the noise scale grows as the loss falls (McCandlish et al. 2018, sec. 3).
     With ``until_loss`` the burst stops as soon as the validation loss (first 512 validation samples,
     checked every ``max(1, 64 // b_small)`` steps) is at or below it, so B_simple is measured at the
-    loss the critical batch is wanted for; ``burst_epochs`` is then the most it may train.
+    loss the critical batch is wanted for; ``until_metric`` does the same with the task's metric (at or
+    better than it, in the task's METRIC_MODE). ``burst_epochs`` is then the most the burst may train.
     """
     import torch
 
@@ -419,13 +450,18 @@ def measure_gradient_noise(
             burst_gen = torch.Generator().manual_seed(seed + 2)
             total = max(1, round(burst_epochs * (n // b_small)))
             check = max(1, 64 // b_small)
-            val = None
+            until = None
             if until_loss is not None:
+                until = StopAt("loss", until_loss)
+            elif until_metric is not None:
+                until = StopAt("metric", until_metric, higher_better=task.metric_mode == "max")
+            val = None
+            if until is not None:
                 from torch.utils.data import Subset
 
                 full_val = make_dataset(task, "val")
                 val = Subset(full_val, range(min(UNTIL_VAL_SAMPLES, len(full_val))))
-            val_loss = None
+            val_loss = val_metric = None
             steps_done = 0
             model.train()
             for step, (inputs, target) in zip(range(total), train_batches(train, b_small, burst_gen, pin=False)):
@@ -440,20 +476,20 @@ def measure_gradient_noise(
                 step_loss.backward()
                 optimizer.step()
                 steps_done = step + 1
-                if val is not None and (steps_done % check == 0 or steps_done == total):
-                    val_loss = validation_loss(task, model, val, dev)
-                    if val_loss <= until_loss:  # type: ignore[operator]
+                if until is not None and (steps_done % check == 0 or steps_done == total):
+                    val_loss, val_metric = validation_scores(task, model, val, dev)
+                    if until.met(val_loss, val_metric):
                         break
             del optimizer
             small, big, loss = measure_norms(task, model, batches, b_small, b_big, steps, dev, bn_stats)
-            epochs = steps_done / (n // b_small) if until_loss is not None else burst_epochs
+            epochs = steps_done / (n // b_small) if until is not None else burst_epochs
             label = f"after {epochs:.3g} epoch{'s' if epochs != 1 else ''}"
-            if until_loss is not None:
-                reached = val_loss is not None and val_loss <= until_loss
-                label = (f"at validation loss {val_loss:.3g} ({label})" if reached else
-                         f"{label}, validation loss {val_loss:.3g} (target {until_loss:g} not reached)")
+            if until is not None:
+                seen = until.describe(val_loss, val_metric)
+                label = (f"at {seen} ({label})" if until.met(val_loss, val_metric) else
+                         f"{label}, {seen} (target {until.value:g} not reached)")
             estimate = estimate_from_norms(small, big, b_small, b_big, seed=seed)
-            phases.append(NoisePhase(label, epochs, loss, estimate, val_loss=val_loss, until_loss=until_loss))
+            phases.append(NoisePhase(label, epochs, loss, estimate, until=until, val_loss=val_loss, val_metric=val_metric))
         return GradientNoise(
             norm=chosen, lr=float(lr), b_small=b_small, b_big=b_big, phases=tuple(phases), train_size=n, device=str(dev),
             batchnorm_layers=batchnorm_layers, bn_stats=bn_stats,
@@ -640,7 +676,7 @@ def run_noise(
         kwargs = dict(
             task_path=str(Path(cfg.task_path).resolve()), norm=cfg.norm, lr=cfg.lr, b_small=cfg.b_small,
             b_big=cfg.b_big, steps=cfg.steps, burst_epochs=cfg.burst_epochs, device=device, seed=seed,
-            threads=cfg.threads, bn_stats=cfg.bn_stats, until_loss=cfg.burst_until_loss,
+            threads=cfg.threads, bn_stats=cfg.bn_stats, until_loss=cfg.burst_until_loss, until_metric=cfg.burst_until_metric,
         )
         if isolate:
             from batchtune.child import call_in_child
@@ -669,12 +705,13 @@ def run_noise(
     warnings = []
     final = noise.phases[-1]
     short = [run.phases[-1] for run in runs if run.phases[-1].reached is False]
-    if short:
+    if short and final.until is not None:
         which = f"{len(short)} of {len(runs)} bursts" if len(runs) > 1 else "the burst"
+        seen = "; ".join(p.until.describe(p.val_loss, p.val_metric) for p in short if p.until)
         warnings.append(
-            f"{which} stopped at the cap of --burst-epochs {cfg.burst_epochs:g} with validation loss "
-            f"{max(p.val_loss or 0.0 for p in short):.3g}, above --burst-until-loss {final.until_loss:g}, so B_simple "
-            "was measured before that loss; pass a larger --burst-epochs or a higher --lr"
+            f"{which} stopped at the cap of --burst-epochs {cfg.burst_epochs:g} short of {final.until.flag} "
+            f"{final.until.value:g} ({seen}), so B_simple was measured before that; pass a larger --burst-epochs "
+            "or a higher --lr"
         )
     if noise.batchnorm_layers and noise.bn_stats == "batch":
         warnings.append(batchnorm_warning(noise.batchnorm_layers, noise.b_small))

@@ -242,9 +242,12 @@ def noise_for_search(result: Any, cfg: Any, device: Any, out_dir: Path, *, train
     if rec is not None:
         power = 1.0 if family == "sgd" else 0.5
         lr = float(rec.params["lr"]) * (b_small / float(rec.params["batch_size"])) ** power
+    # With --target, B_simple is measured where the burst reaches the target metric (it grows steeply near a
+    # low loss), training at most twice the trials' epochs.
+    until = {} if cfg.target is None else {"burst_until_metric": cfg.target, "burst_epochs": 2 * (cfg.epochs or 1.0)}
     config = NoiseConfig(
         task_path=cfg.task_path, norm=None if norm in (None, "as-built") else norm, lr=lr, b_small=b_small,
-        b_big=b_big, batch_sizes=sizes, device=str(device), seed=cfg.seed, threads=cfg.threads,
+        b_big=b_big, batch_sizes=sizes, device=str(device), seed=cfg.seed, threads=cfg.threads, **until,
     )
     report = run_noise(
         config, throughput=throughput or None, throughput_source=source,

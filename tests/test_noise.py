@@ -91,10 +91,11 @@ def test_burst_until_loss_stops_at_the_target_and_measures_there(tasks):
         burst_epochs=1.0, device="cpu", seed=1, threads=1, until_loss=6.0,
     )
     init, after = result.phases
-    assert after.reached is True and after.until_loss == 6.0 and after.val_loss <= 6.0
+    assert after.reached is True and after.until.what == "loss" and after.until.value == 6.0 and after.val_loss <= 6.0
     assert 0 < after.epochs < 0.5  # stopped well before the cap of one epoch (2048 steps)
     assert after.label.startswith(f"at validation loss {after.val_loss:.3g} (after ")
-    assert after.to_dict()["reached"] is True and init.reached is None
+    assert after.to_dict()["reached"] is True and after.to_dict()["until"] == {"what": "loss", "value": 6.0, "higher_better": False}
+    assert init.reached is None
     # The loss it stopped at is the loss it measured at: the measured batches' loss is near 6, not near 4.
     assert 4.5 < after.train_loss < 7.5
 
@@ -108,9 +109,24 @@ def test_burst_until_loss_not_reached_is_warned_about(tasks):
     assert final.reached is False and final.epochs == pytest.approx(0.01, rel=0.1)
     assert "(target 1 not reached)" in final.label
     (warning,) = report.warnings
-    assert "above --burst-until-loss 1" in warning and "larger --burst-epochs" in warning
+    assert "short of --burst-until-loss 1 (validation loss " in warning and "larger --burst-epochs" in warning
     with pytest.raises(UsageError, match="--burst-until-loss needs a training burst"):
         NoiseConfig(task_path="x.py", burst_epochs=0, burst_until_loss=1.0).validated()
+    with pytest.raises(UsageError, match="--burst-until-loss or --burst-until-metric, not both"):
+        NoiseConfig(task_path="x.py", burst_until_loss=1.0, burst_until_metric=0.9).validated()
+
+
+def test_burst_until_metric_follows_the_metric_direction(tasks):
+    # noise_linear's metric is the mean absolute error with METRIC_MODE "min": about 2.4 at w = 0, 1.6 at w*.
+    result = measure_gradient_noise(
+        task_path=str(tasks / "noise_linear.py"), norm=None, lr=0.01, b_small=4, b_big=32, steps=10,
+        burst_epochs=1.0, device="cpu", seed=1, threads=1, until_metric=2.0,
+    )
+    after = result.phases[-1]
+    assert after.until.what == "metric" and after.until.higher_better is False
+    assert after.reached is True and 1.8 < after.val_metric <= 2.0 and after.val_loss < 6.0
+    assert 16 / 2048 < after.epochs < 0.5  # trained past the first check, stopped long before the cap
+    assert after.label.startswith(f"at validation metric {after.val_metric:.3g} (after ")
 
 
 def test_repeats_report_the_median_and_widen_the_band(tasks):

@@ -31,3 +31,14 @@ def test_search_without_doctor(cli, tasks, workdir):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert "doctor" not in summary and "noise" not in summary
+
+
+def test_search_noise_is_measured_at_the_target(cli, tasks, workdir):
+    # 3 classes: chance is 0.33; the separable data pass 0.8 accuracy within the first epoch.
+    result = cli("search", tasks / "tiny_mlp.py", "--trials", "2", "--batch-sizes", "32", "--noise", "--target", "0.8",
+                 "--no-doctor", "--no-plots", "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    final = json.loads(result.stdout)["noise"]["phases"][-1]
+    assert final["until"] == {"what": "metric", "value": 0.8, "higher_better": True}
+    assert final["reached"] is True and final["val_metric"] >= 0.8 and 0 < final["epochs"] < 2
+    assert final["label"].startswith("at validation metric ")
