@@ -249,7 +249,7 @@ def main():
             verdict = ("yes" if 0.5 <= ratio <= 2 else "no") if ratio else "no (not resolved)"
             why = WHY[stats] if results[0].batchnorm_layers else ("" if verdict == "yes" else "see docs/noise.md")
             span = f"{_g(resolved[0])} to {_g(resolved[-1])}" if resolved else "-"
-            reached = sum(bool(p.reached) for p in ends) if ends[0].until_loss is not None else None
+            reached = sum(bool(p.reached) for p in ends) if ends[0].until is not None else None
             summary.append((name, how, b_crit, seed_fits, pred, span, reached, len(ends), ratio, verdict, why))
     print("\n| task | measured with | B_crit (fit of median steps; per seed) | B_simple at target (median of seeds; "
           "seeds' range) | ratio | within 2x | why not |")
