@@ -185,7 +185,7 @@ def repeats_sentence(report: NoiseReport) -> str | None:
         return None
     values = ", ".join(f"{_g(v) if v is not None else 'not resolved'} (seed {seed})" for seed, v in report.repeats)
     return (
-        f"B_simple {report.final.label} over {len(report.repeats)} repeats: {values}. The phases shown are the "
+        f"B_simple after the burst, over {len(report.repeats)} repeats: {values}. The phases shown are the "
         f"median repeat's (seed {report.seed}), and the goodput band spans all repeats"
     )
 
