@@ -380,6 +380,8 @@ def report(study: str, storage: str | None, output_dir: str, tolerance: Any, cur
               help="Stop the burst once the validation loss is at or below this, and measure there (--burst-epochs is then the cap).")
 @click.option("--burst-until-metric", type=float, default=None,
               help="The same with the task's metric: stop once it is this or better (e.g. 0.97 accuracy).")
+@click.option("--curvature", is_flag=True,
+              help="Also estimate B_noise = tr(H Sigma)/(G^T H G) with Hessian-vector products (slower); goodput uses it.")
 @click.option("--repeats", type=int, default=1, show_default=True,
               help="Measure at this many seeds and report the median; the goodput band spans them (3 is a good choice near a low loss).")
 @click.option("--batch-sizes", callback=_int_list, default=None, help="Goodput candidates [default: powers of two from --batch-small].")
@@ -395,7 +397,7 @@ def report(study: str, storage: str | None, output_dir: str, tolerance: Any, cur
               help="BatchNorm while measuring: batch statistics as in training, or precise running statistics, frozen (per-sample gradients independent).")
 @handle_errors
 def noise(task: str, norm: str | None, lr: float | None, batch_small: int, batch_big: int, steps: int,
-          burst_epochs: float, burst_until_loss: float | None, burst_until_metric: float | None, repeats: int,
+          burst_epochs: float, burst_until_loss: float | None, burst_until_metric: float | None, curvature: bool, repeats: int,
           batch_sizes: tuple[int, ...] | None, throughput_steps: int, device: str, seed: int, threads: int | None,
           output_dir: str, name: str | None, no_plots: bool, as_json: bool, bn_stats: str) -> None:
     """Measure the gradient noise scale of TASK and the batch size that maximises goodput."""
@@ -406,7 +408,7 @@ def noise(task: str, norm: str | None, lr: float | None, batch_small: int, batch
     config = NoiseConfig(
         task_path=task, norm=norm, lr=lr, b_small=batch_small, b_big=batch_big, steps=steps,
         burst_epochs=burst_epochs, burst_until_loss=burst_until_loss,
-        burst_until_metric=burst_until_metric, repeats=repeats, batch_sizes=batch_sizes,
+        burst_until_metric=burst_until_metric, curvature=curvature, repeats=repeats, batch_sizes=batch_sizes,
         throughput_steps=throughput_steps, device=device, seed=seed, threads=threads, bn_stats=bn_stats,
     )
     result = run_noise(config)

@@ -28,6 +28,7 @@ CONFIDENCE = 0.95  # two-sided bootstrap interval of B_simple
 BOOTSTRAP = 2000
 BN_STATS = ("batch", "running")  # how BatchNorm normalizes while gradients are measured
 PRECISE_BN_SAMPLES = 4096  # training samples whose statistics replace the running averages (PreciseBN)
+CURVATURE_CHUNKS = 4  # small batches per step whose Hessian quadratic form is taken (each one is unbiased)
 UNTIL_VAL_SAMPLES = 512  # validation samples whose mean loss or metric decides --burst-until-loss/-metric
 
 
@@ -129,6 +130,7 @@ class NoiseConfig:
     burst_until_loss: float | None = None  # stop the burst once the validation loss is at or below this
     burst_until_metric: float | None = None  # stop it once the validation metric is at this or better
     repeats: int = 1  # measurements at seeds seed, seed+1, ...; the median one is reported
+    curvature: bool = False  # also B_noise = tr(H Sigma)/(G^T H G) by Hessian-vector products; goodput uses it
     batch_sizes: tuple[int, ...] | None = None  # goodput candidates; None: powers of two from b_small
     throughput_steps: int = 20
     device: str = "auto"
@@ -204,9 +206,15 @@ class NoisePhase:
     epochs: float  # training epochs before the measurement
     train_loss: float | None  # mean loss of the measured batches at this point
     estimate: NoiseEstimate
+    curvature: NoiseEstimate | None = None  # B_noise = tr(H Sigma)/(G^T H G) in b_simple's fields (--curvature)
     until: StopAt | None = None  # where the burst was to stop (--burst-until-loss/-metric)
     val_loss: float | None = None  # validation loss and metric where the burst stopped (with ``until`` only)
     val_metric: float | None = None
+
+    @property
+    def used(self) -> NoiseEstimate:
+        """The noise scale goodput uses: B_noise when the curvature was measured, else B_simple."""
+        return self.curvature if self.curvature is not None else self.estimate
 
     @property
     def reached(self) -> bool | None:
@@ -220,6 +228,7 @@ class NoisePhase:
             "label": self.label, "epochs": self.epochs, "train_loss": self.train_loss,
             "until": asdict(self.until) if self.until else None, "val_loss": self.val_loss, "val_metric": self.val_metric,
             "reached": self.reached, **self.estimate.to_dict(),
+            "b_noise_curvature": self.curvature.to_dict() if self.curvature else None,
         }
 
 
@@ -264,23 +273,6 @@ def _slice(obj: Any, start: int, stop: int) -> Any:
     return obj
 
 
-def _grad_sq_norm(task: Any, model: Any, inputs: Any, target: Any) -> tuple[float, float]:
-    """Squared L2 norm of the loss gradient over all trainable parameters, and the loss."""
-    import torch
-
-    from batchtune.task import call_user, forward
-
-    model.zero_grad(set_to_none=True)
-    output = call_user(task, "model(input)", forward, model, inputs)
-    loss = call_user(task, "loss_fn(output, target)", task.loss_fn, output, target)
-    loss.backward()
-    total = torch.zeros((), dtype=torch.float64)
-    for p in model.parameters():
-        if p.grad is not None:
-            total += p.grad.detach().double().pow(2).sum().cpu()
-    return float(total), float(loss.detach())
-
-
 def _batchnorms(model: Any) -> list[Any]:
     from batchtune.norm import batchnorm_layers
 
@@ -315,6 +307,83 @@ def precise_batchnorm(model: Any, batches: Iterator[tuple[Any, Any]], samples: i
     return seen
 
 
+def _grads(task: Any, model: Any, inputs: Any, target: Any) -> tuple[list[Any], float]:
+    """The loss gradient over the trainable parameters (detached), and the loss."""
+    import torch
+
+    from batchtune.task import call_user, forward
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    output = call_user(task, "model(input)", forward, model, inputs)
+    loss = call_user(task, "loss_fn(output, target)", task.loss_fn, output, target)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)], float(loss.detach())
+
+
+def _sq_norm(grads: Sequence[Any]) -> float:
+    return float(sum(g.double().pow(2).sum().cpu() for g in grads))
+
+
+class _Hessian:
+    """Hessian-vector products of the loss on one batch: v -> v^T H v (double backward, math attention)."""
+
+    def __init__(self, task: Any, model: Any, inputs: Any, target: Any) -> None:
+        import torch
+
+        from batchtune.task import call_user, forward
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        with _math_attention():
+            output = call_user(task, "model(input)", forward, model, inputs)
+            loss = call_user(task, "loss_fn(output, target)", task.loss_fn, output, target)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        self.pairs = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def quad(self, v: Sequence[Any]) -> float:
+        import torch
+
+        if not self.pairs:
+            return 0.0
+        try:
+            with _math_attention():
+                hv = torch.autograd.grad(
+                    [g for _, g in self.pairs], [self.params[i] for i, _ in self.pairs],
+                    grad_outputs=[v[i] for i, _ in self.pairs], retain_graph=True, allow_unused=True,
+                )
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UsageError(
+                f"--curvature needs second derivatives of the model, and one of its operations has none ({first}); "
+                "drop --curvature"
+            ) from None
+        if all(h is None for h in hv):
+            raise UsageError(
+                "--curvature needs second derivatives of the model, and its gradient does not depend on its parameters "
+                "(an operation with a first derivative only, such as a @once_differentiable function); drop --curvature"
+            )
+        return float(sum((v[i].double() * h.double()).sum().cpu() for (i, _), h in zip(self.pairs, hv) if h is not None))
+
+
+@contextlib.contextmanager
+def _math_attention() -> Iterator[None]:
+    """Scaled dot-product attention through its math kernel: the fused kernels have no double backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Per-step squared norms at the two batch sizes, their quadratic forms in the Hessian, and the loss."""
+
+    small_sq: list[float]
+    big_sq: list[float]
+    loss: float
+    small_q: list[float] = field(default_factory=list)  # with curvature only: G_small^T H G_small
+    big_q: list[float] = field(default_factory=list)
+
+
 def measure_norms(
     task: Any,
     model: Any,
@@ -324,7 +393,8 @@ def measure_norms(
     steps: int,
     device: Any,
     bn_stats: str = "batch",
-) -> tuple[list[float], list[float], float]:
+    hessian_batches: Iterator[tuple[Any, Any]] | None = None,
+) -> Measured:
     """Squared gradient norms at ``b_big`` and (averaged over its ``b_big // b_small`` chunks) at ``b_small``.
 
     The parameters are not updated, so every step measures the same gradient distribution. Each big
@@ -332,6 +402,11 @@ def measure_norms(
     E|G_small|^2, and their mean has less variance than one chunk. With ``bn_stats="running"``
     BatchNorm layers normalize with precise running statistics (recomputed first, then frozen in eval
     mode), so a sample's gradient no longer depends on its batch mates, as the estimator assumes.
+
+    With ``hessian_batches`` each step also takes the quadratic forms G^T H G of the big batch's
+    gradient and of the first ``CURVATURE_CHUNKS`` chunks' gradients, H the Hessian of the loss on an
+    independent batch: E[G_B^T H G_B] = G^T H G + tr(H Sigma)/B, so the same two-size algebra gives
+    B_noise = tr(H Sigma)/(G^T H G) (McCandlish et al. 2018, eq. 2.7).
     """
     from batchtune.train import to_device
 
@@ -342,25 +417,31 @@ def measure_norms(
         for m in _batchnorms(model):
             m.eval()
     chunks = b_big // b_small
-    small_sq: list[float] = []
-    big_sq: list[float] = []
+    out = Measured([], [], 0.0)
     losses: list[float] = []
     for _ in range(steps):
         inputs, target = next(batches)
         inputs, target = to_device(inputs, device), to_device(target, device)
-        big, loss = _grad_sq_norm(task, model, inputs, target)
+        big, loss = _grads(task, model, inputs, target)
         parts = [
-            _grad_sq_norm(task, model, _slice(inputs, i * b_small, (i + 1) * b_small), _slice(target, i * b_small, (i + 1) * b_small))[0]
+            _grads(task, model, _slice(inputs, i * b_small, (i + 1) * b_small), _slice(target, i * b_small, (i + 1) * b_small))[0]
             for i in range(chunks)
         ]
-        if not (math.isfinite(big) and all(math.isfinite(p) for p in parts)):
+        big_sq, part_sq = _sq_norm(big), [_sq_norm(p) for p in parts]
+        if not (math.isfinite(big_sq) and all(math.isfinite(p) for p in part_sq)):
             raise BatchtuneError("the gradient became non-finite while measuring the noise scale; lower --lr or check the loss")
-        big_sq.append(big)
-        small_sq.append(float(np.mean(parts)))
+        out.big_sq.append(big_sq)
+        out.small_sq.append(float(np.mean(part_sq)))
         losses.append(loss)
+        if hessian_batches is not None:
+            h_inputs, h_target = next(hessian_batches)
+            hessian = _Hessian(task, model, to_device(h_inputs, device), to_device(h_target, device))
+            out.big_q.append(hessian.quad(big))
+            out.small_q.append(float(np.mean([hessian.quad(p) for p in parts[:CURVATURE_CHUNKS]])))
+            del hessian
     model.zero_grad(set_to_none=True)
     model.train()
-    return small_sq, big_sq, float(np.mean(losses))
+    return replace(out, loss=float(np.mean(losses)))
 
 
 def validation_scores(task: Any, model: Any, dataset: Any, device: Any) -> tuple[float, float]:
@@ -399,6 +480,7 @@ def measure_gradient_noise(
     bn_stats: str = "batch",
     until_loss: float | None = None,
     until_metric: float | None = None,
+    curvature: bool = False,
 ) -> GradientNoise:
     """Measure B_simple on a fresh model at initialisation and after a short training burst.
 
@@ -409,6 +491,7 @@ def measure_gradient_noise(
     checked every ``max(1, 64 // b_small)`` steps) is at or below it, so B_simple is measured at the
     loss the critical batch is wanted for; ``until_metric`` does the same with the task's metric (at or
     better than it, in the task's METRIC_MODE). ``burst_epochs`` is then the most the burst may train.
+    With ``curvature`` each phase also estimates B_noise with the Hessian (see :func:`measure_norms`).
     """
     import torch
 
@@ -442,9 +525,17 @@ def measure_gradient_noise(
         batchnorm_layers = len(_batchnorms(model))
         measure_gen = torch.Generator().manual_seed(seed + 1)
         batches = train_batches(train, b_big, measure_gen, pin=False)
+        hessian_batches = train_batches(train, b_big, torch.Generator().manual_seed(seed + 3), pin=False) if curvature else None
+
+        def measure() -> tuple[float, NoiseEstimate, NoiseEstimate | None]:
+            m = measure_norms(task, model, batches, b_small, b_big, steps, dev, bn_stats, hessian_batches)
+            est = estimate_from_norms(m.small_sq, m.big_sq, b_small, b_big, seed=seed)
+            curv = estimate_from_norms(m.small_q, m.big_q, b_small, b_big, seed=seed) if curvature else None
+            return m.loss, est, curv
+
         phases = []
-        small, big, loss = measure_norms(task, model, batches, b_small, b_big, steps, dev, bn_stats)
-        phases.append(NoisePhase("initialisation", 0.0, loss, estimate_from_norms(small, big, b_small, b_big, seed=seed)))
+        loss, est, curv = measure()
+        phases.append(NoisePhase("initialisation", 0.0, loss, est, curvature=curv))
         if burst_epochs > 0:
             optimizer = build_optimizer(task, model, lr)
             burst_gen = torch.Generator().manual_seed(seed + 2)
@@ -481,15 +572,16 @@ def measure_gradient_noise(
                     if until.met(val_loss, val_metric):
                         break
             del optimizer
-            small, big, loss = measure_norms(task, model, batches, b_small, b_big, steps, dev, bn_stats)
+            loss, est, curv = measure()
             epochs = steps_done / (n // b_small) if until is not None else burst_epochs
             label = f"after {epochs:.3g} epoch{'s' if epochs != 1 else ''}"
             if until is not None:
                 seen = until.describe(val_loss, val_metric)
                 label = (f"at {seen} ({label})" if until.met(val_loss, val_metric) else
                          f"{label}, {seen} (target {until.value:g} not reached)")
-            estimate = estimate_from_norms(small, big, b_small, b_big, seed=seed)
-            phases.append(NoisePhase(label, epochs, loss, estimate, until=until, val_loss=val_loss, val_metric=val_metric))
+            phases.append(NoisePhase(
+                label, epochs, loss, est, curvature=curv, until=until, val_loss=val_loss, val_metric=val_metric
+            ))
         return GradientNoise(
             norm=chosen, lr=float(lr), b_small=b_small, b_big=b_big, phases=tuple(phases), train_size=n, device=str(dev),
             batchnorm_layers=batchnorm_layers, bn_stats=bn_stats,
@@ -561,7 +653,7 @@ class NoiseReport:
     batchnorm_layers: int = 0
     bn_stats: str = "batch"
     seed: int = 0  # the seed of the measurement reported in ``phases``
-    repeats: tuple[tuple[int, float | None], ...] = ()  # (seed, last phase's B_simple) of every repeat; None: not resolved
+    repeats: tuple[tuple[int, float | None], ...] = ()  # (seed, last phase's b_noise) of every repeat; None: not resolved
 
     @property
     def final(self) -> NoisePhase:
@@ -570,7 +662,8 @@ class NoiseReport:
 
     @property
     def b_noise(self) -> float | None:
-        return self.final.estimate.b_simple
+        """The noise scale goodput uses: B_noise with --curvature, else B_simple, of the last phase."""
+        return self.final.used.b_simple
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -621,10 +714,10 @@ def repeat_band(estimate: NoiseEstimate, repeats: Sequence[float | None]) -> tup
 
 
 def pick_median(runs: Sequence[GradientNoise]) -> int:
-    """The index of the run whose last-phase B_simple is the (lower) median; unresolved counts as the largest."""
+    """The index of the run whose last-phase noise scale is the (lower) median; unresolved counts as the largest."""
 
     def key(i: int) -> float:
-        v = runs[i].phases[-1].estimate.b_simple
+        v = runs[i].phases[-1].used.b_simple
         return math.inf if v is None else v
 
     ordered = sorted(range(len(runs)), key=key)
@@ -640,13 +733,14 @@ def make_goodput(
     """The goodput curve from the last measured phase, with notes on what could not be done."""
     notes = []
     phase = noise.phases[-1]
-    est = phase.estimate
+    est = phase.used
     if not throughput:
         return None, ["no throughput was measured, so there is no goodput curve"]
     b_noise = est.b_simple if est.b_simple is not None else math.inf
     if est.b_simple is None:
+        what = "G^T H G" if phase.curvature is not None else "|G|^2"
         notes.append(
-            f"|G|^2 was not resolved {phase.label} (its estimate is not positive): the gradient is mostly noise, "
+            f"{what} was not resolved {phase.label} (its estimate is not positive): the gradient is mostly noise, "
             "so efficiency is taken as 1 at every batch size; measure more --steps or after a longer --burst-epochs"
         )
     curve = goodput_curve(throughput, b_noise, band=repeat_band(est, repeats), source=source)
@@ -677,6 +771,7 @@ def run_noise(
             task_path=str(Path(cfg.task_path).resolve()), norm=cfg.norm, lr=cfg.lr, b_small=cfg.b_small,
             b_big=cfg.b_big, steps=cfg.steps, burst_epochs=cfg.burst_epochs, device=device, seed=seed,
             threads=cfg.threads, bn_stats=cfg.bn_stats, until_loss=cfg.burst_until_loss, until_metric=cfg.burst_until_metric,
+            curvature=cfg.curvature,
         )
         if isolate:
             from batchtune.child import call_in_child
@@ -689,7 +784,7 @@ def run_noise(
             runs.append(measure_gradient_noise(**kwargs))  # type: ignore[arg-type]
     median = pick_median(runs)
     noise = runs[median]
-    repeats = tuple((seed, run.phases[-1].estimate.b_simple) for seed, run in zip(seeds, runs)) if cfg.repeats > 1 else ()
+    repeats = tuple((seed, run.phases[-1].used.b_simple) for seed, run in zip(seeds, runs)) if cfg.repeats > 1 else ()
     if throughput is None:
         sizes = cfg.batch_sizes or default_sizes(cfg.b_small, noise.train_size)
         too_big = [b for b in sizes if b > noise.train_size]

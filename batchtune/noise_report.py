@@ -29,6 +29,10 @@ def phase_table(report: NoiseReport) -> str:
             f"{p.estimate.confidence:.0%} band": f"{_g(p.estimate.low)} to {_g(p.estimate.high)}",
             "|G|^2": f"{p.estimate.grad_sq:.4g}",
             "tr(Sigma)": f"{p.estimate.trace_sigma:.4g}",
+            **({
+                "B_noise (Hessian)": _g(p.curvature.b_simple) if p.curvature.b_simple is not None else "not resolved",
+                f"B_noise {p.curvature.confidence:.0%} band": f"{_g(p.curvature.low)} to {_g(p.curvature.high)}",
+            } if p.curvature is not None else {}),
             "steps": p.estimate.steps,
         }
         for p in report.phases
@@ -94,7 +98,9 @@ def noise_markdown(report: NoiseReport, plot: str | None = None, heading: str = 
         f"Simple noise scale B_simple = tr(Sigma)/|G|^2 (McCandlish et al. 2018) of a fresh `{report.norm}`-norm model, "
         f"from gradient norms at batch sizes {report.b_small} and {report.b_big} on the same parameters (appendix A "
         f"estimators, numerator and denominator averaged over steps separately, bootstrap band over steps). "
-        f"The burst trained at batch {report.b_small}, lr {report.lr:.3g}.",
+        f"The burst trained at batch {report.b_small}, lr {report.lr:.3g}."
+        + (" With the curvature: B_noise = tr(H Sigma)/(G^T H G) (eq. 2.7), from the same gradients' quadratic forms in "
+           "the Hessian of an independent batch (Hessian-vector products); goodput uses it." if report.final.curvature else ""),
         "",
         *(f"**Warning:** {w}." for w in report.warnings),
         *([""] if report.warnings else []),
@@ -108,7 +114,7 @@ def noise_markdown(report: NoiseReport, plot: str | None = None, heading: str = 
     if c is not None:
         lines += [
             f"Statistical efficiency E(B) = (B_noise + {c.reference}) / (B_noise + B) with B_noise = {_g(c.b_noise)} "
-            f"({report.final.label}; Pollux, Qiao et al. OSDI 2021); goodput = throughput x efficiency. "
+            f"({'the Hessian-weighted estimate' if report.final.curvature else 'B_simple'}, {report.final.label}; Pollux, Qiao et al. OSDI 2021); goodput = throughput x efficiency. "
             f"Throughput: {c.throughput_source}.",
             "",
             goodput_table(report),
@@ -200,6 +206,12 @@ def noise_lines(report: NoiseReport) -> list[str]:
             f"B_simple {p.label}: {value} ({e.confidence:.0%} band {_g(e.low)} to {_g(e.high)}; "
             f"|G|^2 {e.grad_sq:.3g}, tr(Sigma) {e.trace_sigma:.3g}, {e.steps} steps, loss {p.train_loss:.4g})"
         )
+        if p.curvature is not None:
+            h = p.curvature
+            lines.append(
+                f"B_noise {p.label}: {_g(h.b_simple) if h.b_simple is not None else 'not resolved'} "
+                f"({h.confidence:.0%} band {_g(h.low)} to {_g(h.high)}; G^T H G {h.grad_sq:.3g}, tr(H Sigma) {h.trace_sigma:.3g})"
+            )
     repeats = repeats_sentence(report)
     if repeats:
         lines.append(repeats + ".")

@@ -149,7 +149,7 @@ def median_steps(run, lr, first, seeds):
     return statistics.median(math.inf if s is None else s for s in steps), steps  # a miss is slower than any hit
 
 
-def run_task(name, cfg, quick, seeds, by_loss):
+def run_task(name, cfg, quick, seeds, by_loss, curvature):
     torch.set_num_threads(1)
     task = loss_as_metric(load_task(cfg["path"])) if by_loss else load_task(cfg["path"])
     target = -cfg["target"] if by_loss else cfg["accuracy"]
@@ -195,6 +195,8 @@ def run_task(name, cfg, quick, seeds, by_loss):
                 task_path=cfg["path"], norm=None if cfg["norm"] == "as-built" else cfg["norm"], lr=lr, b_small=B_SMALL,
                 b_big=B_BIG, steps=40, burst_epochs=3 * needed, device="cpu", seed=seed, threads=1, bn_stats=stats,
                 until_loss=cfg["target"] if by_loss else None, until_metric=None if by_loss else cfg["accuracy"],
+                # The BatchNorm task's batch statistics leave |G|^2 unresolved: B_noise only with running statistics.
+                curvature=curvature and (stats == "running" or len(cfg["bn_stats"]) == 1),
             )
             for seed in range(seeds)
         ]
@@ -211,6 +213,8 @@ def main():
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated, from {', '.join(TASKS)}")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the steps-to-target runs (median)")
     parser.add_argument("--target", type=float, default=None, help="one target (loss or accuracy) for every task")
+    parser.add_argument("--no-curvature", action="store_true",
+                        help="skip B_noise with the Hessian (batchtune noise --curvature), the slower half of the measurement")
     parser.add_argument("--metric", choices=("loss", "accuracy"), default="loss",
                         help="steps to a validation loss (default) or to a validation accuracy")
     args = parser.parse_args()
@@ -219,7 +223,9 @@ def main():
     for name in args.tasks.split(","):
         key = "target" if args.metric == "loss" else "accuracy"
         cfg = TASKS[name] if args.target is None else {**TASKS[name], key: args.target}
-        rows, s_min, b_crit, seed_fits, noise, seconds = run_task(name, cfg, args.quick, args.seeds, args.metric == "loss")
+        rows, s_min, b_crit, seed_fits, noise, seconds = run_task(
+            name, cfg, args.quick, args.seeds, args.metric == "loss", not args.no_curvature
+        )
         what = f"validation loss {cfg['target']}" if args.metric == "loss" else f"validation accuracy {cfg['accuracy']}"
         print(f"\n{name} ({cfg['path']}, norm {cfg['norm']}, target: {what}, {seconds:.0f} s)")
         print(f"  {'batch':>6} {'steps S':>8} {'samples E':>10} {'best lr':>8}  (S/S_min-1)(E/E_min-1)")
@@ -234,31 +240,35 @@ def main():
         print(f"  B_crit fitted to each seed alone: {', '.join(_g(v) if v else 'failed' for v in seed_fits)}")
         for stats, results in noise.items():
             ends = [r.phases[-1] for r in results]
-            values = [p.estimate.b_simple for p in ends]
             how = f"BatchNorm {stats} statistics" if results[0].batchnorm_layers else "no BatchNorm"
-            print(f"  B_simple ({how}), burst at batch {results[0].b_small}, lr {results[0].lr:.3g}:")
-            for seed, (r, p) in enumerate(zip(results, ends)):
-                e = p.estimate
-                print(f"    seed {seed}: at initialisation {_g(r.phases[0].estimate.b_simple)}; {p.label}: "
-                      f"{_g(e.b_simple) if e.b_simple else 'not resolved'} (95% band {_g(e.low)} to {_g(e.high)})")
-            resolved = sorted(v for v in values if v)
-            # The median over seeds, an unresolved seed counting as larger than any value; None if most are unresolved.
-            pred = statistics.median([math.inf if v is None else v for v in values]) if len(resolved) * 2 > len(values) else None
-            pred = pred if pred is not None and math.isfinite(pred) else None
-            ratio = pred / b_crit if (pred and b_crit) else None
-            verdict = ("yes" if 0.5 <= ratio <= 2 else "no") if ratio else "no (not resolved)"
-            why = WHY[stats] if results[0].batchnorm_layers else ("" if verdict == "yes" else "see docs/noise.md")
-            span = f"{_g(resolved[0])} to {_g(resolved[-1])}" if resolved else "-"
-            reached = sum(bool(p.reached) for p in ends) if ends[0].until is not None else None
-            summary.append((name, how, b_crit, seed_fits, pred, span, reached, len(ends), ratio, verdict, why))
-    print("\n| task | measured with | B_crit (fit of median steps; per seed) | B_simple at target (median of seeds; "
+            print(f"  burst at batch {results[0].b_small}, lr {results[0].lr:.3g} ({how}):")
+            estimators = [("B_simple", lambda p: p.estimate)]
+            if ends[0].curvature is not None:
+                estimators.append(("B_noise", lambda p: p.curvature))
+            for label, pick in estimators:
+                for seed, (r, p) in enumerate(zip(results, ends)):
+                    e = pick(p)
+                    print(f"    {label} seed {seed}: at initialisation {_g(pick(r.phases[0]).b_simple)}; {p.label}: "
+                          f"{_g(e.b_simple) if e.b_simple else 'not resolved'} (95% band {_g(e.low)} to {_g(e.high)})")
+                values = [pick(p).b_simple for p in ends]
+                resolved = sorted(v for v in values if v)
+                # The median over seeds, an unresolved seed counting as larger than any value; None if most are unresolved.
+                pred = statistics.median([math.inf if v is None else v for v in values]) if len(resolved) * 2 > len(values) else None
+                pred = pred if pred is not None and math.isfinite(pred) else None
+                ratio = pred / b_crit if (pred and b_crit) else None
+                verdict = ("yes" if 0.5 <= ratio <= 2 else "no") if ratio else "no (not resolved)"
+                why = WHY[stats] if results[0].batchnorm_layers else ("" if verdict == "yes" else "see docs/noise.md")
+                span = f"{_g(resolved[0])} to {_g(resolved[-1])}" if resolved else "-"
+                reached = sum(bool(p.reached) for p in ends) if ends[0].until is not None else None
+                summary.append((name, how, label, b_crit, seed_fits, pred, span, reached, len(ends), ratio, verdict, why))
+    print("\n| task | measured with | estimate | B_crit (fit of median steps; per seed) | at target (median of seeds; "
           "seeds' range) | ratio | within 2x | why not |")
-    print("|---|---|---:|---:|---:|---|---|")
-    for name, how, b_crit, seed_fits, pred, span, reached, n, ratio, verdict, why in summary:
+    print("|---|---|---|---:|---:|---:|---|---|")
+    for name, how, label, b_crit, seed_fits, pred, span, reached, n, ratio, verdict, why in summary:
         fits = ", ".join(_g(v) if v else "failed" for v in seed_fits)
         where = f"; {reached}/{n} bursts reached the target" if reached is not None and reached < n else ""
         pred_s = f"{_g(pred)} ({span}{where})" if pred else f"not resolved ({span}{where})"
-        print(f"| {name} | {how} | {_g(b_crit)} ({fits}) | {pred_s} | {f'{ratio:.2f}' if ratio else '-'} | {verdict} | "
+        print(f"| {name} | {how} | {label} | {_g(b_crit)} ({fits}) | {pred_s} | {f'{ratio:.2f}' if ratio else '-'} | {verdict} | "
               f"{why if verdict != 'yes' else ''} |")
     print(f"\n({time.perf_counter() - start:.0f} s, CPU, 1 thread)")
 

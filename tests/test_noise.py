@@ -59,15 +59,15 @@ def test_unresolved_signal_gives_no_value():
         estimate_from_norms([1.0, 1.0], [1.0, 1.0], 8, 8)
 
 
-def _linear_task(tasks):
-    spec = importlib.util.spec_from_file_location("noise_linear", tasks / "noise_linear.py")
+def _load(tasks, name):
+    spec = importlib.util.spec_from_file_location(name, tasks / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_measurement_matches_linear_regression_theory(tasks):
-    theory = _linear_task(tasks)
+    theory = _load(tasks, "noise_linear")
     x, y = theory.train_dataset().tensors
     # The analytic value for this finite sample: per-sample gradients at w = 0.
     g = -2 * y * x
@@ -146,6 +146,39 @@ def test_repeats_report_the_median_and_widen_the_band(tasks):
         NoiseConfig(task_path="x.py", repeats=0).validated()
 
 
+def test_curvature_recovers_the_hessian_weighted_noise_scale(tasks):
+    theory = _load(tasks, "noise_aniso")
+    # The gradient lies mostly along low curvature, the noise along high: B_noise is 2.5 times B_simple.
+    assert theory.EXPECTED_B_NOISE > 2 * theory.EXPECTED_B_SIMPLE
+    result = measure_gradient_noise(
+        task_path=str(tasks / "noise_aniso.py"), norm=None, lr=0.01, b_small=4, b_big=64, steps=500,
+        burst_epochs=0, device="cpu", seed=0, threads=1, curvature=True,
+    )
+    (init,) = result.phases
+    assert init.estimate.b_simple == pytest.approx(theory.EXPECTED_B_SIMPLE, rel=0.1)
+    assert init.curvature.b_simple == pytest.approx(theory.EXPECTED_B_NOISE, rel=0.15)
+    assert init.curvature.low < theory.EXPECTED_B_NOISE < init.curvature.high
+    assert init.used is init.curvature and init.to_dict()["b_noise_curvature"]["b_simple"] == init.curvature.b_simple
+
+
+def test_curvature_report_and_goodput_use_b_noise(tasks):
+    cfg = NoiseConfig(task_path=str(tasks / "noise_aniso.py"), b_small=4, b_big=32, steps=20, burst_epochs=0,
+                      curvature=True, threads=1, device="cpu")
+    report = run_noise(cfg, throughput={16: 1000.0, 32: 1900.0}, isolate=False)
+    assert report.b_noise == report.final.curvature.b_simple != report.final.estimate.b_simple
+    assert report.goodput.b_noise == report.b_noise
+    markdown = noise_markdown(report)
+    assert "B_noise (Hessian)" in markdown and "(the Hessian-weighted estimate, initialisation;" in markdown
+
+
+def test_curvature_refuses_a_model_without_second_derivatives(tasks):
+    with pytest.raises(UsageError, match=r"--curvature needs second derivatives of the model.*; drop --curvature"):
+        measure_gradient_noise(
+            task_path=str(tasks / "once_diff.py"), norm=None, lr=0.01, b_small=4, b_big=16, steps=2,
+            burst_epochs=0, device="cpu", seed=0, threads=1, curvature=True,
+        )
+
+
 def test_efficiency_and_goodput_math():
     assert efficiency(32, 100.0, 32) == 1.0
     assert efficiency(64, 0.0, 32) == pytest.approx(0.5)  # no noise: a sample at 64 does half the work
@@ -211,6 +244,11 @@ def test_noise_cli_bad_input(cli, tasks):
     until = cli("noise", tasks / "noise_linear.py", "--burst-epochs", "0", "--burst-until-loss", "5")
     assert until.exit_code == 2 and "--burst-until-loss needs a training burst; pass --burst-epochs above 0" in until.output
     assert "Traceback" not in until.output
+    # Raised in the child process: the model has no second derivatives.
+    curv = cli("noise", tasks / "once_diff.py", "--curvature", "--batch-small", "4", "--batch-big", "16", "--steps", "2",
+               "--burst-epochs", "0", "--threads", "1", "--device", "cpu")
+    assert curv.exit_code == 2 and "--curvature needs second derivatives of the model" in curv.output
+    assert "Traceback" not in curv.output
 
 
 def _bn_report(tasks, **kwargs):
