@@ -131,10 +131,11 @@ def noise_markdown(report: NoiseReport, plot: str | None = None, heading: str = 
         "extra samples per step are mostly wasted (McCandlish et al. 2018, eq. 2.11). B_simple grows as the loss "
         "falls, so the value after the burst is the better guide for most of training (`--burst-until-loss` measures "
         "it at the loss you aim for). It is an estimate: measured at the target loss, the median of 3 seeds came within "
-        "a factor of 2 of the critical batch measured from steps to that loss on two of three of batchtune's examples "
-        "without BatchNorm (2.4 times too large on the third); single measurements spread by a factor of 3 to 20 "
-        "between seeds (benchmarks/noise_vs_steps.py; `batchtune noise --repeats 3` takes their median), and with "
-        "BatchNorm it does not predict the critical batch. The hardware knee is the first batch size "
+        "a factor of 2 of the critical batch measured from steps to that loss on three of batchtune's examples for "
+        "B_noise with the Hessian (`--curvature`), on two of them for B_simple (2.4 times too large on the third); "
+        "single measurements spread by a factor of 3 to 20 between seeds (benchmarks/noise_vs_steps.py; "
+        "`batchtune noise --repeats 3` takes their median), and BatchNorm with batch statistics leaves it unresolved "
+        "or too large. The hardware knee is the first batch size "
         "after which doubling the batch adds under 10% throughput.",
         "",
     ]

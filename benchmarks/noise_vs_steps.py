@@ -16,7 +16,7 @@ gradient depends on its batch mates), so the BatchNorm task is measured both way
 statistics, frozen while measuring).
 
 Run:  PYTHONPATH=. python benchmarks/noise_vs_steps.py [--quick] [--metric accuracy] [--tasks digits_mlp_group,...]
-(about 8 minutes on 2 CPU cores)
+(about 11 minutes on 2 CPU cores; 7.5 with --no-curvature)
 """
 
 from __future__ import annotations
@@ -259,6 +259,8 @@ def main():
                 verdict = ("yes" if 0.5 <= ratio <= 2 else "no") if ratio else "no (not resolved)"
                 why = WHY[stats] if results[0].batchnorm_layers else ("" if verdict == "yes" else "see docs/noise.md")
                 span = f"{_g(resolved[0])} to {_g(resolved[-1])}" if resolved else "-"
+                if resolved and len(resolved) < len(values):
+                    span += f"; {len(values) - len(resolved)} seed(s) not resolved"
                 reached = sum(bool(p.reached) for p in ends) if ends[0].until is not None else None
                 summary.append((name, how, label, b_crit, seed_fits, pred, span, reached, len(ends), ratio, verdict, why))
     print("\n| task | measured with | estimate | B_crit (fit of median steps; per seed) | at target (median of seeds; "
