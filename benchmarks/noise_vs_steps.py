@@ -6,9 +6,10 @@ its best learning rate (a sweep in factors of 3 around the LR scaled from a refe
 2017, by the square root for Adam-type, Malladi et al. 2022, extended until the best is inside it);
 fit S(B) = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11, which is
 (S/S_min - 1)(E/E_min - 1) = 1 with E = B S and B_crit = E_min / S_min); and compare B_crit with
-B_simple measured by batchtune.noise (`until_loss`, as `batchtune noise --burst-until-loss`) on a model
-trained at the smallest batch, with its best LR, until its validation loss reaches the target: the
-median over 3 seeds. The prediction should land within a factor of 2.
+B_simple, and B_noise = tr(H Sigma)/(G^T H G) with the Hessian (`curvature`, as `batchtune noise
+--curvature`; skip it with --no-curvature), measured by batchtune.noise (`until_loss`, as `batchtune noise
+--burst-until-loss`) on a model trained at the smallest batch, with its best LR, until its validation
+loss reaches the target: the median over 3 seeds. The prediction should land within a factor of 2.
 
 BatchNorm breaks the estimator's assumption that per-sample gradients are independent (a sample's
 gradient depends on its batch mates), so the BatchNorm task is measured both ways: as in training
