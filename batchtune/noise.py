@@ -444,27 +444,6 @@ def measure_norms(
     return replace(out, loss=float(np.mean(losses)))
 
 
-def validation_scores(task: Any, model: Any, dataset: Any, device: Any) -> tuple[float, float]:
-    """Sample-weighted means of the task's loss and metric over ``dataset``, in eval mode; leaves train mode on."""
-    import torch
-
-    from batchtune.task import call_user, forward
-    from batchtune.train import batch_len, eval_batches, to_device
-
-    model.eval()
-    loss, metric, count = 0.0, 0.0, 0
-    with torch.no_grad():
-        for inputs, target in eval_batches(dataset, 256):
-            inputs, target = to_device(inputs, device), to_device(target, device)
-            output = call_user(task, "model(input)", forward, model, inputs)
-            n = batch_len(target, 256)
-            loss += float(call_user(task, "loss_fn(output, target)", task.loss_fn, output, target)) * n
-            metric += float(call_user(task, "metric(output, target)", task.metric, output, target)) * n
-            count += n
-    model.train()
-    return loss / count, metric / count
-
-
 def measure_gradient_noise(
     *,
     task_path: str,
@@ -506,7 +485,7 @@ def measure_gradient_noise(
         optimizer_family,
         search_norms,
     )
-    from batchtune.train import seed_everything, to_device, train_batches
+    from batchtune.train import evaluate_at, seed_everything, to_device, train_batches
 
     with torch_threads(threads):
         task = load_task(task_path)
@@ -546,7 +525,6 @@ def measure_gradient_noise(
                 until = StopAt("loss", until_loss)
             elif until_metric is not None:
                 until = StopAt("metric", until_metric, higher_better=task.metric_mode == "max")
-            val = None
             if until is not None:
                 from torch.utils.data import Subset
 
@@ -568,7 +546,7 @@ def measure_gradient_noise(
                 optimizer.step()
                 steps_done = step + 1
                 if until is not None and (steps_done % check == 0 or steps_done == total):
-                    val_loss, val_metric = validation_scores(task, model, val, dev)
+                    val_metric, val_loss = evaluate_at(task, model, val, dev, 256)  # val is set with until
                     if until.met(val_loss, val_metric):
                         break
             del optimizer

@@ -172,17 +172,24 @@ def _autocast(device: torch.device, precision: str) -> Any:
 def evaluate(
     task: Task, model: torch.nn.Module, dataset: Dataset, spec: TrialSpec, device: torch.device
 ) -> tuple[float, float]:
-    """Sample-weighted mean of the metric and of the loss over ``dataset``."""
+    """Sample-weighted mean of the metric and of the loss over ``dataset``, at the trial's batch size and precision."""
+    return evaluate_at(task, model, dataset, device, spec.batch_size, spec.precision)
+
+
+def evaluate_at(
+    task: Task, model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int, precision: str = "fp32"
+) -> tuple[float, float]:
+    """Sample-weighted mean of the metric and of the loss over ``dataset``; leaves the model in train mode."""
     model.eval()
     metric_sum = 0.0
     loss_sum = 0.0
     count = 0
-    with torch.no_grad(), _autocast(device, spec.precision):
-        for inputs, target in eval_batches(dataset, spec.batch_size):
+    with torch.no_grad(), _autocast(device, precision):
+        for inputs, target in eval_batches(dataset, batch_size):
             inputs = to_device(inputs, device)
             target = to_device(target, device)
             output = forward(model, inputs)
-            n = batch_len(target, spec.batch_size)
+            n = batch_len(target, batch_size)
             metric_sum += float(call_user(task, "metric(output, target)", task.metric, output, target)) * n
             loss_sum += float(task.loss_fn(output, target)) * n
             count += n
