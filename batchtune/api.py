@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from batchtune.config import SearchConfig, Tolerance, parse_tolerance
+from batchtune.study.config import SearchConfig, Tolerance, parse_tolerance
 
 
 def search(task: str | Path, **options: Any) -> Any:
@@ -14,7 +14,7 @@ def search(task: str | Path, **options: Any) -> Any:
     Keyword options are the fields of :class:`SearchConfig` (``trials=``, ``epochs=``, ``device=``...).
     ``result.trials`` is a pandas DataFrame; ``result.recommendation`` the recommended configuration.
     """
-    from batchtune.study import search as run_search
+    from batchtune.study.run import search as run_search
 
     on_event = options.pop("on_event", None)
     tol = options.get("tolerance")
@@ -28,14 +28,14 @@ def search(task: str | Path, **options: Any) -> Any:
 
 
 def probe(task: str | Path, *, write: bool = True, **options: Any) -> Any:
-    """Run ``batchtune probe`` from Python and return a :class:`~batchtune.probe_result.ProbeResult`.
+    """Run ``batchtune probe`` from Python and return a :class:`~batchtune.probing.result.ProbeResult`.
 
-    Keyword options are the fields of :class:`~batchtune.probing.ProbeConfig` (``precisions=``,
+    Keyword options are the fields of :class:`~batchtune.probing.measure.ProbeConfig` (``precisions=``,
     ``memory_budget=``, ``headroom=``...). With ``write`` the report goes to ``<output_dir>/<name>/``.
     """
-    from batchtune.probe_report import write_probe_report
-    from batchtune.probing import ProbeConfig
-    from batchtune.probing import probe as run_probe
+    from batchtune.probing.measure import ProbeConfig
+    from batchtune.probing.measure import probe as run_probe
+    from batchtune.probing.report import write_probe_report
 
     for key in ("norms", "precisions"):
         if isinstance(options.get(key), (list, str)):
@@ -59,9 +59,9 @@ def report(
     plots: bool = True,
 ) -> Any:
     """Regenerate the report of a stored study; returns the :class:`SearchResult`."""
-    from batchtune.reporting import write_search_report
-    from batchtune.storage import default_storage
-    from batchtune.study import load_result, open_study, quiet_optuna
+    from batchtune.study.report import write_search_report
+    from batchtune.study.run import load_result, quiet_optuna
+    from batchtune.study.storage import default_storage, open_study
 
     if isinstance(tolerance, str):
         tolerance = parse_tolerance(tolerance)

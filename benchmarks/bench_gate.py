@@ -22,9 +22,9 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from batchtune.baseline import save_run
-from batchtune.bench import BenchConfig, run_bench, run_interleaved
-from batchtune.gate import EXIT_REGRESSION, Thresholds, decide
+from batchtune.gate.baseline import save_run
+from batchtune.gate.decision import EXIT_REGRESSION, Thresholds, decide
+from batchtune.gate.measure import BenchConfig, run_bench, run_interleaved
 
 HERE = Path(__file__).resolve().parent
 KNOB = "BATCHTUNE_TEST_SLOWDOWN"

@@ -27,8 +27,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from batchtune.task import build_model, build_optimizer, load_task, make_dataset
-from batchtune.train import (
+from batchtune.task.contract import (
+    build_model,
+    build_optimizer,
+    load_task,
+    make_dataset,
+)
+from batchtune.trial.train import (
     TrialSpec,
     evaluate,
     run_trial,

@@ -1,7 +1,7 @@
 """Coordinator time per trial with SQLite and PostgreSQL storage (target < 50 ms with PostgreSQL).
 
 Times what the coordinator does around each trial, with the coordinator's own functions: claim a
-trial and read the study (batchtune.ledger), suggest its parameters, record the measurements (one
+trial and read the study (batchtune.study.ledger), suggest its parameters, record the measurements (one
 user attribute, the memory constraint), tell. The trial's own work happens in the worker process and
 is not part of this figure. Side by side, trial by trial on a second study, the same work through
 Optuna's public ask/suggest/set_user_attr/set_constraint/tell, which batchtune used before: the
@@ -23,19 +23,18 @@ import uuid
 import optuna
 import sqlalchemy
 
-from batchtune.config import SearchConfig
-from batchtune.storage import open_storage
-from batchtune.study import (
-    _claim,
-    _Progress,
-    _record,
-    _space,
-    _Tally,
-    _trial_plan,
-    _trial_spec,
-    quiet_optuna,
+from batchtune.study.config import SearchConfig
+from batchtune.study.coordinator import (
+    Progress,
+    Tally,
+    claim,
+    record,
+    trial_space,
+    trial_spec,
 )
-from batchtune.train import TrialResult
+from batchtune.study.run import quiet_optuna, trial_plan
+from batchtune.study.storage import open_storage
+from batchtune.trial.train import TrialResult
 
 NORMS = ("batch", "group", "layer", "none")
 SIZES = (16, 32, 64, 128)
@@ -62,20 +61,20 @@ def measure(url: str, n: int) -> dict[str, tuple[list[float], float]]:
                             lambda *a, **k: statements.__setitem__(0, statements[0] + 1))
     lean, plain = _study(storage), _study(storage)
     cfg = SearchConfig(task_path="x.py", memory_budget=2**30, lr_rule="none", trials=n)
-    plan = _trial_plan(cfg, SIZES, 1000, "sgd", "max")
-    progress = _Progress(n, "max")
+    plan = trial_plan(cfg, SIZES, 1000, "sgd", "max")
+    progress = Progress(n, "max")
     out: dict[str, tuple[list[float], float]] = {"batchtune": ([], 0.0), "optuna ask/tell": ([], 0.0)}
-    space = _space(cfg, plan, NORMS)
+    space = trial_space(cfg, plan, NORMS)
     for i in range(n):
-        # batchtune.study._worker_loop around runner.run: the same calls in the same order.
+        # batchtune.study.coordinator.worker_loop around runner.run: the same calls in the same order.
         statements[0] = 0
         start = time.perf_counter()
-        tally = _Tally(lean.get_trials(deepcopy=False))
+        tally = Tally(lean.get_trials(deepcopy=False))
         progress.seen(tally.done)
-        trial = _claim(lean, cfg.trials, space, tally.trials)
-        spec, base_lr = _trial_spec(trial.params, cfg, plan, "cpu", 1)
+        trial = claim(lean, cfg.trials, space, tally.trials)
+        spec, base_lr = trial_spec(trial.params, cfg, plan, "cpu", 1)
         result = _result(i)
-        _record(lean, trial, result, spec, cfg, plan, base_lr, "cpu")
+        record(lean, trial, result, spec, cfg, plan, base_lr, "cpu")
         progress.finished(result.status)
         out["batchtune"][0].append(time.perf_counter() - start)
         out["batchtune"] = (out["batchtune"][0], out["batchtune"][1] + statements[0] / n)

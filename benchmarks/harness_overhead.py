@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from batchtune.task import (
+from batchtune.task.contract import (
     build_model,
     build_optimizer,
     forward,
     load_task,
     make_dataset,
 )
-from batchtune.train import TrialSpec, run_trial, seed_everything
+from batchtune.trial.train import TrialSpec, run_trial, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 

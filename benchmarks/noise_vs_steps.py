@@ -7,7 +7,7 @@ its best learning rate (a sweep in factors of 3 around the LR scaled from a refe
 fit S(B) = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11, which is
 (S/S_min - 1)(E/E_min - 1) = 1 with E = B S and B_crit = E_min / S_min); and compare B_crit with
 B_simple, and B_noise = tr(H Sigma)/(G^T H G) with the Hessian (`curvature`, as `batchtune noise
---curvature`; skip it with --no-curvature), measured by batchtune.noise (`until_loss`, as `batchtune noise
+--curvature`; skip it with --no-curvature), measured by batchtune.noise.measure (`until_loss`, as `batchtune noise
 --burst-until-loss`) on a model trained at the smallest batch, with its best LR, until its validation
 loss reaches the target: the median over 3 seeds. The prediction should land within a factor of 2.
 
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from batchtune.noise import measure_gradient_noise
-from batchtune.task import load_task, make_dataset, optimizer_family
-from batchtune.train import TrialSpec, run_trial
+from batchtune.noise.measure import measure_gradient_noise
+from batchtune.task.contract import load_task, make_dataset, optimizer_family
+from batchtune.trial.train import TrialSpec, run_trial
 
 SIZES = (8, 16, 32, 64, 128, 256)
 MAX_LRS = 5  # learning rates tried per batch size, at most

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from batchtune.probe_report import summary_rows, terminal_table
-from batchtune.probing import ProbeConfig, probe
+from batchtune.probing.measure import ProbeConfig, probe
+from batchtune.probing.report import summary_rows, terminal_table
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits_cnn.py"
 

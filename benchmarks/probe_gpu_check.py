@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from batchtune.probing import ProbeConfig, probe
+from batchtune.probing.measure import ProbeConfig, probe
 from batchtune.units import format_bytes
 
 TASK = Path(__file__).resolve().parent.parent / "tests" / "tasks" / "gpu_wide.py"

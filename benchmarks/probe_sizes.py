@@ -2,7 +2,7 @@
 against Lightning's ``Tuner.scale_batch_size`` modes.
 
 No model is trained: a size "fits" when it is at most a synthetic maximum, so this counts the
-search's measurements only. The probe's own search (batchtune.probing.SizeSearch) is the code that runs.
+search's measurements only. The probe's own search (batchtune.probing.measure.SizeSearch) is the code that runs.
 
 Lightning's loops are simulated from lightning/pytorch/tuner/batch_size_scaling.py (2.x):
 ``_run_power_scaling`` doubles until the first OOM, then halves once and stops (so it returns a power
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from batchtune.probing import SizeSearch, size_bound
+from batchtune.probing.measure import SizeSearch, size_bound
 
 MAX_TRIALS = 25  # Lightning's default
 

@@ -10,8 +10,8 @@ import statistics
 import time
 from pathlib import Path
 
-from batchtune.train import TrialSpec
-from batchtune.worker import TrialRunner
+from batchtune.trial.process import TrialRunner
+from batchtune.trial.train import TrialSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

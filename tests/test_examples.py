@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from batchtune.norm import count_batchnorm
-from batchtune.task import build_model, dry_run, load_task, make_dataset, search_norms
+from batchtune.task.contract import (
+    build_model,
+    dry_run,
+    load_task,
+    make_dataset,
+    search_norms,
+)
+from batchtune.task.norm import count_batchnorm
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 

@@ -1,0 +1,38 @@
+"""``batchtune check``: the batch doctor."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from batchtune.cli.options import (
+    handle_errors,
+)
+
+
+@click.command("check")
+@click.argument("task", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--batch-size", type=int, default=None, help="Batch size to check [default: 32, or the training set size if smaller].")
+@click.option("--norm", default=None, help="Normalization of the model [default: the first the search would try].")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@handle_errors
+def command(task: str, batch_size: int | None, norm: str | None, device: str, seed: int, as_json: bool) -> None:
+    """Check TASK's batches for pitfalls (the batch doctor). Exits 1 when a finding is an error."""
+    from batchtune.doctor.report import diagnose_isolated, doctor_lines
+    from batchtune.task.contract import load_task
+
+    if batch_size is not None and batch_size < 1:
+        raise click.BadParameter(f"{batch_size} must be a positive batch size, e.g. 32", param_hint="--batch-size")
+    load_task(task)  # a broken file is reported here, before a process starts
+    diagnosis = diagnose_isolated(task=task, batch_sizes=[batch_size] if batch_size else None, norm=norm, device=device,
+                                  seed=seed)
+    if as_json:
+        click.echo(json.dumps(diagnosis.to_dict(), indent=2))
+    else:
+        for line in doctor_lines(diagnosis):
+            click.echo(line)
+    sys.exit(diagnosis.exit_code)

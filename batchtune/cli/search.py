@@ -1,0 +1,165 @@
+"""``batchtune search``: the study over batch size, learning rate and normalization."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from batchtune.cli.options import (
+    fraction_option,
+    handle_errors,
+    int_list,
+    size_option,
+    str_list,
+    tolerance_option,
+)
+from batchtune.units import (
+    format_bytes,
+)
+
+
+def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--trials", type=int, default=20, show_default=True, help="Trials the study should have in total (a rerun adds the missing ones)."),
+        click.option("--timeout", type=float, default=None, help="Stop starting new trials after this many seconds."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler and of every trial's model and data order."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--study", default=None, help="Study name [default: the task file's stem]."),
+        click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///studies/<study>.db]."),
+        click.option("--memory-budget", callback=size_option, default=None, help="Peak memory limit, e.g. 6GiB; trials above it are infeasible."),
+        click.option("--batch-size-min", type=int, default=8, show_default=True),
+        click.option("--batch-size-max", type=int, default=None, help="[default: the training set size, at most 1024]"),
+        click.option("--batch-sizes", callback=int_list, default=None, help="Explicit list instead of powers of two, e.g. 16,48,96."),
+        click.option("--lr-min", type=float, default=1e-4, show_default=True),
+        click.option("--lr-max", type=float, default=0.3, show_default=True, help="LR range; under an --lr-rule, of the base LR at the reference batch."),
+        click.option("--lr-rule", type=click.Choice(["auto", "linear", "sqrt", "none"]), default="auto", show_default=True,
+                     help="Scale a base LR to each batch size: linear (SGD, Goyal et al. 2017), sqrt (Adam-type, Malladi et al. 2022); auto picks from the optimizer."),
+        click.option("--lr-reference-batch", type=int, default=None, help="Batch size of the base LR [default: 256, clipped into the searched range]."),
+        click.option("--warmup-epochs", type=float, default=None, help="Linear LR warm-up per trial [default: 5% of the trial under the linear rule, else 0]."),
+        click.option("--objective", type=click.Choice(["pareto", "time-to-target"]), default="pareto", show_default=True,
+                     help="pareto: metric, throughput and memory; time-to-target: least training time to reach --target, with pruning."),
+        click.option("--target", type=float, default=None, help="Metric value whose time to reach each trial records, e.g. 0.95."),
+        click.option("--accumulate", type=int, default=1, show_default=True,
+                     help="Up to this many micro-batches per optimizer step: reaches batch sizes above the largest that fits (--batch-size-max)."),
+        click.option("--norms", callback=str_list, default=None, help="Restrict normalization choices, e.g. batch,group."),
+        click.option("--precisions", callback=str_list, default=None, help="Search precisions too: fp32,bf16,fp16."),
+        click.option("--epochs", type=float, default=None, help="Training budget per trial in epochs (fractions allowed) [default: 3]."),
+        click.option("--budget-samples", type=int, default=None, help="Training budget per trial in samples, instead of --epochs."),
+        click.option("--eval-every", type=float, default=None, help="Evaluate every this many epochs [default: each epoch; a quarter epoch under --objective time-to-target]."),
+        click.option("--trial-timeout", type=float, default=1800, show_default=True, help="Seconds before a hung trial is killed and recorded failed."),
+        click.option("--tolerance", callback=tolerance_option, default=None, help="How far from the best metric still counts: 0.5pp, 1% or 0.01 [default: 0.5pp for accuracy-like metrics, else 1%]."),
+        click.option("--current-batch-size", type=int, default=None, help="The batch size you train with now; the report says how to rescale your learning rate."),
+        click.option("--threads", type=int, default=None, help="CPU threads per trial [default: cores / workers]."),
+        click.option("--workers", type=int, default=None, help="Trials run at once on this machine [default: one per GPU on CUDA, else 1]."),
+        click.option("--heartbeat-interval", type=int, default=10, show_default=True, help="Seconds between a running trial's heartbeats in the storage."),
+        click.option("--heartbeat-grace", type=int, default=60, show_default=True, help="Seconds without a heartbeat before another worker fails a trial and retries it once."),
+        click.option("--output", "output_dir", default="reports", show_default=True, help="Folder for reports."),
+        click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
+        click.option("--doctor/--no-doctor", default=True, show_default=True, help="Run the batch doctor first (see `batchtune check`)."),
+        click.option("--noise", is_flag=True, help="Measure the gradient noise scale and goodput after the trials (see `batchtune noise`)."),
+        click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of the table."),
+        click.option("--no-probe", is_flag=True, help="Skip the probe that drops batch sizes which do not fit (see `batchtune probe`)."),
+        click.option("--headroom", callback=fraction_option, default="10%", show_default=True, help="Memory kept free: the probe allows sizes whose peak stays under (1 - headroom) of the budget or device memory."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.command("search")
+@click.argument("task", type=click.Path(dir_okay=False, path_type=str))
+@_search_options
+@handle_errors
+def command(task: str, **opts: Any) -> None:
+    """Search batch size, learning rate and normalization for TASK (a task file, see README)."""
+    from batchtune.study.config import SearchConfig
+
+    as_json = opts.pop("as_json")
+    plots = not opts.pop("no_plots")
+    if opts["epochs"] is not None and opts["budget_samples"] is not None:
+        raise click.UsageError("give either --epochs or --budget-samples, not both")
+    if opts["epochs"] is None:
+        opts["epochs"] = None if opts["budget_samples"] is not None else 3.0
+    opts["precisions"] = opts["precisions"] or ("fp32",)
+    opts["probe"] = not opts.pop("no_probe")
+    config = SearchConfig(task_path=task, plots=plots, **opts)
+    _run_search(config, as_json)
+
+
+def _run_search(config: Any, as_json: bool) -> None:
+    from batchtune.study.run import search as run_search
+
+    lock = threading.Lock()
+
+    def on_start(info: dict[str, Any]) -> None:
+        click.echo(
+            f"study {info['study']} ({info['storage']}) on {info['device']}: batch sizes "
+            f"{','.join(map(str, info['batch_sizes']))}; norms {','.join(info['norms'])}; "
+            f"{info['workers']} worker(s)",
+            err=True,
+        )
+        if info.get("lr_rule") not in (None, "none"):
+            click.echo(f"lr rule {info['lr_rule']}: --lr-min/--lr-max bound the base lr at batch {info['lr_reference_batch']}", err=True)
+
+    def on_event(ev: Any) -> None:
+        width = 20
+        filled = int(width * min(ev.done, ev.total) / max(1, ev.total))
+        bar = "#" * filled + "-" * (width - filled)
+        p = ev.params
+        what = f"batch {p['batch_size']:>5} lr {p['lr']:.2e} {p['norm']:<8}"
+        if p.get("accumulate", 1) > 1:
+            what += f" ({p['micro_batch']}x{p['accumulate']})"
+        if ev.status == "ok":
+            detail = f"metric {ev.metric:.4f}  {ev.throughput:>10,.0f} samples/s  {format_bytes(ev.peak_memory_bytes):>10}"
+        else:
+            detail = f"{ev.status.upper()}: {(ev.reason or '')[:70]}"
+        best = f"best {ev.best_metric:.4f}" if ev.best_metric is not None else "best -"
+        with lock:
+            click.echo(f"[{bar}] {ev.done:>3}/{ev.total}  #{ev.number:<3} {what} {detail}  | {best}", err=True)
+
+    result = run_search(config, on_event=on_event, on_start=on_start)
+    render_result(result, as_json)
+    if result.interrupted:
+        click.echo("interrupted: the running trial was recorded as failed; the report covers what finished", err=True)
+        sys.exit(130)
+
+
+def render_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2))
+        return
+    from batchtune.study.report import trial_table
+
+    rec = result.recommendation
+    click.echo("")
+    if rec is None:
+        click.echo("No trial finished feasibly; nothing to recommend (see the failures in the report).")
+    else:
+        p = rec.params
+        micro = f" as {p['micro_batch']} x {p['accumulate']} accumulated micro-batches" if "accumulate" in p else ""
+        ttt = f", {rec.time_to_target:.3g} s to target" if rec.time_to_target is not None else ""
+        click.echo(
+            f"Recommended: batch size {p['batch_size']}{micro}, lr {p['lr']:.3g}, {p['norm']} norm "
+            f"(metric {rec.metric:.4g}, {rec.throughput:,.0f} samples/s, {format_bytes(rec.peak_memory_bytes)}{ttt})"
+        )
+        click.echo(rec.reason)
+        if rec.lr_table:
+            pairs = ", ".join(f"{r['batch_size']}: {r['lr']:.3g}" for r in rec.lr_table)
+            click.echo(f"lr by batch size ({rec.lr_rule} rule, base {rec.base_lr:.3g} at batch {rec.lr_reference_batch}): {pairs}")
+        if rec.lr_advice:
+            click.echo(rec.lr_advice)
+    click.echo("")
+    click.echo("Pareto front:")
+    click.echo(trial_table(result.pareto))
+    click.echo("")
+    for name, path in result.paths.items():
+        if not name.startswith("plot:"):
+            click.echo(f"wrote {path}")
+    if any(n.startswith("plot:") for n in result.paths):
+        plots = sorted({str(p.parent) for n, p in result.paths.items() if n.startswith("plot:")})
+        click.echo(f"wrote plots under {', '.join(plots)}")

@@ -1,0 +1,179 @@
+"""Search configuration: one frozen dataclass, validated once at the boundary."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from batchtune.errors import UsageError
+from batchtune.task.choices import AS_BUILT, NORM_CHOICES, PRECISIONS
+
+OBJECTIVES = ("pareto", "time-to-target")
+LR_RULES = ("auto", "linear", "sqrt", "none")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far below the best metric a trial may be and still count as "as good".
+
+    ``kind`` is ``"absolute"`` (metric units; 0.005 is 0.5 percentage points of accuracy) or
+    ``"relative"`` (a fraction of the best value). ``None`` fields mean "choose from the metric".
+    """
+
+    value: float
+    kind: str
+
+    def describe(self) -> str:
+        if self.kind == "relative":
+            return f"{self.value:.2%} relative"
+        return f"{self.value * 100:g} percentage points" if self.value < 1 else f"{self.value:g} (metric units)"
+
+
+def parse_tolerance(text: str) -> Tolerance:
+    """``0.5pp`` (percentage points), ``1%`` (relative) or ``0.01`` (metric units)."""
+    raw = str(text).strip().lower()
+    try:
+        if raw.endswith("pp"):
+            tol = Tolerance(float(raw[:-2]) / 100, "absolute")
+        elif raw.endswith("%"):
+            tol = Tolerance(float(raw[:-1]) / 100, "relative")
+        else:
+            tol = Tolerance(float(raw), "absolute")
+    except ValueError:
+        raise UsageError(f"--tolerance {text!r} is not a tolerance; write 0.5pp, 1% or 0.01") from None
+    if not math.isfinite(tol.value) or tol.value < 0 or (tol.kind == "relative" and tol.value >= 1):
+        raise UsageError(f"--tolerance {text!r} is out of range; use a value from 0 up to below 100%, e.g. 0.5pp or 1%")
+    return tol
+
+
+def check_batch_range(batch_size_min: int, batch_size_max: int | None) -> None:
+    """--batch-size-min and --batch-size-max, shared by search and probe."""
+    if batch_size_min < 1:
+        raise UsageError(f"--batch-size-min {batch_size_min} must be at least 1")
+    if batch_size_max is not None and batch_size_max < batch_size_min:
+        raise UsageError(
+            f"--batch-size-min {batch_size_min} is above --batch-size-max {batch_size_max}; "
+            "make the minimum the smaller one"
+        )
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything ``batchtune search`` needs. Options mirror the CLI flags one to one."""
+
+    task_path: str
+    trials: int = 20
+    timeout: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    study: str | None = None
+    storage: str | None = None
+    memory_budget: int | None = None
+    batch_size_min: int = 8
+    batch_size_max: int | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    lr_min: float = 1e-4
+    lr_max: float = 0.3
+    norms: tuple[str, ...] | None = None
+    precisions: tuple[str, ...] = ("fp32",)
+    epochs: float | None = 3.0
+    budget_samples: int | None = None
+    eval_every: float | None = None
+    trial_timeout: float | None = 1800.0
+    tolerance: Tolerance | None = None
+    current_batch_size: int | None = None
+    threads: int | None = None
+    workers: int | None = None  # None: one per GPU on CUDA, else 1
+    heartbeat_interval: int = 10
+    heartbeat_grace: int = 60
+    output_dir: str = "reports"
+    studies_dir: str = "studies"
+    probe: bool = True
+    headroom: float = 0.10
+    plots: bool = True
+    lr_rule: str = "auto"  # auto | linear | sqrt | none (batchtune.study.lr_rule)
+    lr_reference_batch: int | None = None  # default: 256 clipped into the searched range
+    warmup_epochs: float | None = None  # default: 5% of the trial budget under linear, else 0
+    objective: str = "pareto"  # pareto | time-to-target (batchtune.study.target)
+    target: float | None = None  # metric value for time to target
+    accumulate: int = 1  # most gradient-accumulation steps per optimizer step (1: off)
+    doctor: bool = True  # run the batch doctor before the trials (batchtune.doctor.checks)
+    noise: bool = False  # measure the gradient noise scale and goodput after the trials (batchtune.noise.measure)
+
+    @property
+    def study_name(self) -> str:
+        return self.study or Path(self.task_path).stem
+
+    def validated(self) -> SearchConfig:
+        """Check every value; return a copy with defaults filled in."""
+        if self.trials < 1:
+            raise UsageError(f"--trials {self.trials} must be at least 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UsageError(f"--timeout {self.timeout:g} must be a positive number of seconds")
+        if self.trial_timeout is not None and self.trial_timeout <= 0:
+            raise UsageError(f"--trial-timeout {self.trial_timeout:g} must be a positive number of seconds")
+        check_batch_range(self.batch_size_min, self.batch_size_max)
+        if self.batch_sizes is not None:
+            if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+                raise UsageError("--batch-sizes must be a comma-separated list of positive integers, e.g. 16,48,96")
+        for name, value in (("--lr-min", self.lr_min), ("--lr-max", self.lr_max)):
+            if not math.isfinite(value) or value <= 0:
+                raise UsageError(f"{name} {value:g} must be a positive learning rate such as 1e-3")
+        if self.lr_min >= self.lr_max:
+            raise UsageError(f"--lr-min {self.lr_min:g} must be below --lr-max {self.lr_max:g}")
+        if self.norms is not None:
+            unknown = [n for n in self.norms if n not in NORM_CHOICES + (AS_BUILT,)]
+            if unknown:
+                raise UsageError(f"--norms: unknown normalization {unknown[0]!r}; choose from {', '.join(NORM_CHOICES)}")
+        unknown_p = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown_p or not self.precisions:
+            raise UsageError(f"--precisions: unknown precision {unknown_p[:1] or ''}; choose from {', '.join(PRECISIONS)}")
+        if self.epochs is not None and (not math.isfinite(self.epochs) or self.epochs <= 0):
+            raise UsageError(f"--epochs {self.epochs:g} must be a positive number (fractions allowed)")
+        if self.budget_samples is not None and self.budget_samples < 1:
+            raise UsageError(f"--budget-samples {self.budget_samples} must be at least 1")
+        if self.eval_every is not None and self.eval_every <= 0:
+            raise UsageError(f"--eval-every {self.eval_every:g} must be a positive number of epochs")
+        if self.current_batch_size is not None and self.current_batch_size < 1:
+            raise UsageError(f"--current-batch-size {self.current_batch_size} must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads {self.threads} must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers {self.workers} must be at least 1")
+        if self.heartbeat_interval < 1 or self.heartbeat_grace <= self.heartbeat_interval:
+            raise UsageError(
+                f"--heartbeat-grace {self.heartbeat_grace} must be longer than --heartbeat-interval "
+                f"{self.heartbeat_interval} (both whole seconds, interval at least 1)"
+            )
+        if not 0 <= self.headroom < 1:
+            raise UsageError(f"--headroom {self.headroom:.0%} must be at least 0% and below 100%")
+        if self.lr_rule not in LR_RULES:
+            raise UsageError(f"--lr-rule {self.lr_rule!r} is not a rule; choose from {', '.join(LR_RULES)}")
+        if self.lr_reference_batch is not None and self.lr_reference_batch < 1:
+            raise UsageError(f"--lr-reference-batch {self.lr_reference_batch} must be a positive batch size such as 256")
+        if self.warmup_epochs is not None and (not math.isfinite(self.warmup_epochs) or self.warmup_epochs < 0):
+            raise UsageError(f"--warmup-epochs {self.warmup_epochs:g} must be 0 or a positive number of epochs")
+        if self.warmup_epochs and self.epochs is not None and self.warmup_epochs >= self.epochs:
+            raise UsageError(
+                f"--warmup-epochs {self.warmup_epochs:g} is not shorter than the trial (--epochs {self.epochs:g}); "
+                "lower it so the trial trains at its full learning rate"
+            )
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--objective {self.objective!r} is not an objective; choose from {', '.join(OBJECTIVES)}")
+        if self.target is not None and not math.isfinite(self.target):
+            raise UsageError(f"--target {self.target:g} must be a finite metric value such as 0.95")
+        if self.objective == "time-to-target" and self.target is None:
+            raise UsageError("--objective time-to-target needs --target METRIC_VALUE, e.g. --target 0.95")
+        if self.accumulate < 1:
+            raise UsageError(
+                f"--accumulate {self.accumulate} must be at least 1 (the most micro-batches per optimizer step; 1 is off)"
+            )
+        if self.storage is not None:
+            from batchtune.study.storage import check_url
+
+            check_url(self.storage)
+        if self.objective == "time-to-target" and self.eval_every is None:
+            # Time to target and the pruner's rungs are resolved to evaluation points: a quarter epoch.
+            return replace(self, eval_every=0.25)
+        return replace(self)

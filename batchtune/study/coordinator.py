@@ -1,0 +1,390 @@
+"""The coordinator: worker threads that claim a trial, run it in a worker process and record it.
+
+Each local worker is a thread that owns one :class:`~batchtune.trial.process.TrialRunner`. Trials
+are claimed from the study (so several processes and machines share one total), run with a
+heartbeat, and recorded with as few storage round trips as Optuna allows (:mod:`batchtune.study.ledger`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchtune.study.config import SearchConfig
+from batchtune.study.results import MEASURED_STATUSES, counts
+
+if TYPE_CHECKING:
+    from batchtune.study.plan import TrialPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    """What the CLI shows after each trial."""
+
+    number: int
+    status: str
+    params: dict[str, Any]
+    metric: float | None
+    throughput: float | None
+    peak_memory_bytes: int | None
+    reason: str | None
+    done: int
+    total: int
+    best_metric: float | None
+
+
+def owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_local_trials(study: Any) -> int:
+    """Fail and re-queue RUNNING trials whose coordinator on this host is gone (a kill -9).
+
+    Heartbeats catch this on any machine after the grace period; on the same host the owner's pid
+    says it at once, so a rerun right after a crash does not wait.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    reaped = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("worker") or {}
+        if owner.get("host") != host or owner.get("pid") == os.getpid() or pid_alive(int(owner.get("pid", 0))):
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
+            study._storage.set_trial_user_attr(t._trial_id, "reason", "its coordinator process died; retried")
+            if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                retry(study, study._storage.get_trial(t._trial_id))
+                reaped += 1
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return reaped
+
+
+class Progress:
+    def __init__(self, total: int, mode: str) -> None:
+        self.total = total
+        self.mode = mode
+        self.best: float | None = None
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def seen(self, done: int) -> None:
+        """The study had ``done`` counted trials at the last read (other workers' included)."""
+        with self.lock:
+            self.done = max(self.done, done)
+
+    def finished(self, trial_status: str) -> int:
+        """One of this machine's trials was recorded; how many count now, as far as we know."""
+        with self.lock:
+            self.done += trial_status in MEASURED_STATUSES
+            return self.done
+
+    def update(self, value: float | None) -> float | None:
+        with self.lock:
+            if value is not None:
+                if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+                    self.best = value
+            return self.best
+
+
+def gpu_ids(requested: str, device: Any) -> list[int]:
+    """The GPUs workers spread over: all of them for ``auto``/``cuda``, the one named by ``cuda:N``."""
+    if device.type != "cuda":
+        return []
+    import torch
+
+    if (requested or "auto").strip().lower() in ("auto", "cuda"):
+        return list(range(torch.cuda.device_count()))
+    return [device.index or 0]
+
+
+def make_runner(cfg: SearchConfig, device: Any, gpus: list[int], slot: int, threads: int) -> Any:
+    """A worker process for ``slot``; on CUDA it is pinned to one GPU, round robin."""
+    from batchtune.trial.process import TrialRunner
+
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    trial_device = str(device)
+    if gpus:
+        # The child sees only its GPU, as cuda:0, so nothing it does touches the other GPUs.
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
+        trial_device = "cuda:0"
+    runner = TrialRunner(str(Path(cfg.task_path).resolve()), env=env)
+    runner.device = trial_device
+    runner.label = f"cuda:{gpus[slot % len(gpus)]}" if gpus else str(device)
+    return runner
+
+
+def run_workers(
+    study: Any,
+    cfg: SearchConfig,
+    device: Any,
+    plan: TrialPlan,
+    norms: tuple[str, ...],
+    *,
+    workers: int,
+    gpus: list[int],
+    threads: int,
+    progress: Progress,
+    on_event: Callable[[TrialEvent], None] | None,
+) -> tuple[bool, list[BaseException]]:
+    """Run ``workers`` worker threads until the study has ``cfg.trials`` counted trials.
+
+    Returns whether a Ctrl-C interrupted them, and the errors the threads raised.
+    """
+    stop = threading.Event()
+    deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+    runners = [make_runner(cfg, device, gpus, i, threads) for i in range(workers)]
+    errors: list[BaseException] = []
+    finished = [threading.Event() for _ in runners]
+
+    def loop(runner: Any, slot: int) -> None:
+        try:
+            worker_loop(study, runner, cfg, device, plan, norms, threads, progress, stop, deadline, on_event)
+        except BaseException as exc:  # surfaced in the main thread
+            errors.append(exc)
+            stop.set()
+        finally:
+            finished[slot].set()
+
+    threads_ = [threading.Thread(target=loop, args=(r, i), daemon=True) for i, r in enumerate(runners)]
+    interrupted = False
+    try:
+        for t in threads_:
+            t.start()
+        # Wait on events, not Thread.join: a Ctrl-C that lands inside join() can leave CPython 3.11
+        # believing the thread has stopped while it still runs (the interrupted trial would go unrecorded).
+        while not all(e.is_set() for e in finished):
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        for r in runners:
+            r.interrupt()
+        for e in finished:
+            e.wait(timeout=30)
+    finally:
+        for r in runners:
+            r.close()
+    return interrupted, errors
+
+
+def worker_loop(
+    study: Any,
+    runner: Any,
+    cfg: SearchConfig,
+    device: Any,
+    plan: TrialPlan,
+    norms: tuple[str, ...],
+    threads: int,
+    progress: Progress,
+    stop: threading.Event,
+    deadline: float | None,
+    on_event: Callable[[TrialEvent], None] | None,
+) -> None:
+    import optuna
+    from optuna.storages._heartbeat import get_heartbeat_thread
+    from optuna.trial import TrialState
+
+    space = trial_space(cfg, plan, norms)
+    while not stop.is_set():
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        tally = Tally(study.get_trials(deepcopy=False))
+        progress.seen(tally.done)
+        if tally.done >= cfg.trials:
+            return
+        if tally.done + tally.running >= cfg.trials and not tally.waiting:
+            # Others are running the last trials; wait in case one dies and is re-queued.
+            time.sleep(1.0)
+            optuna.storages.fail_stale_trials(study)
+            reap_dead_local_trials(study)
+            continue
+        trial = claim(study, cfg.trials, space, tally.trials)
+        if trial is None:
+            continue
+        spec, base_lr = trial_spec(trial.params, cfg, plan, runner.device, threads)
+        if stop.is_set():
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", "interrupted (Ctrl-C) before the trial started")
+            trial.tell(state=TrialState.FAIL)
+            return
+        watch = plan.watch(trial, spec.effective_batch_size)
+        heartbeat = get_heartbeat_thread(trial.trial_id, study._storage)
+        heartbeat.start()
+        try:
+            result = runner.run(spec, timeout=cfg.trial_timeout, on_report=watch)
+        finally:
+            heartbeat.join()
+        if watch is not None:
+            watch.settle(result)
+        if stop.is_set() and result.status in ("failed", "timeout"):
+            result.status, result.reason = "interrupted", "interrupted (Ctrl-C) before the trial finished"
+        record(study, trial, result, spec, cfg, plan, base_lr, runner.label)
+        best = progress.update(result.final_metric if result.status == "ok" else None)
+        if on_event is not None:
+            on_event(
+                TrialEvent(
+                    number=trial.number,
+                    status=result.status,
+                    params={"batch_size": spec.effective_batch_size, "lr": spec.lr, "norm": spec.norm,
+                            "precision": spec.precision, "micro_batch": spec.batch_size, "accumulate": spec.accumulate},
+                    metric=result.final_metric,
+                    throughput=result.throughput,
+                    peak_memory_bytes=result.peak_memory_bytes,
+                    reason=result.reason,
+                    done=progress.finished(result.status),
+                    total=cfg.trials,
+                    best_metric=best,
+                )
+            )
+
+
+def trial_space(cfg: SearchConfig, plan: TrialPlan, norms: tuple[str, ...]) -> dict[str, Any]:
+    """The parameters the study's sampler chooses, with their distributions."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    space = {
+        "batch_size": CategoricalDistribution(list(plan.sizes)),
+        plan.lr_param: FloatDistribution(cfg.lr_min, cfg.lr_max, log=True),
+        "norm": CategoricalDistribution(list(norms)),
+    }
+    if len(cfg.precisions) > 1:
+        space["precision"] = CategoricalDistribution(list(cfg.precisions))
+    return space
+
+
+def trial_spec(
+    params: dict[str, Any], cfg: SearchConfig, plan: TrialPlan, device: Any, threads: int
+) -> tuple[Any, float]:
+    """What the worker runs for the sampled ``params``, and the base LR (before the LR rule)."""
+    from batchtune.trial.train import TrialSpec
+
+    batch_size = int(params["batch_size"])
+    base_lr, lr = plan.learning_rates(params[plan.lr_param], batch_size)
+    split = plan.splits[batch_size]
+    spec = TrialSpec(
+        batch_size=split.micro,
+        lr=float(lr),
+        norm=str(params["norm"]),
+        device=device,
+        seed=cfg.seed,
+        epochs=cfg.epochs if cfg.budget_samples is None else None,
+        budget_samples=cfg.budget_samples,
+        eval_every=cfg.eval_every,
+        precision=str(params.get("precision", cfg.precisions[0])),
+        threads=threads,
+        lr_warmup_epochs=plan.warmup_epochs,
+        accumulate=split.steps,
+    )
+    return spec, base_lr
+
+
+class Tally:
+    """What a read of the study says: trials that count towards the total, run, and wait."""
+
+    def __init__(self, trials: list[Any]) -> None:
+        from optuna.trial import TrialState
+
+        self.trials = trials
+        self.done = sum(counts(t) for t in trials)
+        self.running = sum(t.state == TrialState.RUNNING for t in trials)
+        self.waiting = sum(t.state == TrialState.WAITING for t in trials)
+
+
+def claim(study: Any, total: int, space: dict[str, Any], trials: list[Any]) -> Any | None:
+    """A new trial (a :class:`~batchtune.study.ledger.LeanTrial`), or None when the study already has its ``total``.
+
+    ``trials`` is the study as read just before. The trials that count or run are ranked by number,
+    which the storage hands out in order, and this one must be within the first ``total``; otherwise
+    another worker asked at the same moment, and the trial is told FAIL with status "surplus", which
+    does not count. When no trial was created since the read, the read is enough: the trials before
+    this one that counted, ran or waited then are all that can count or run now.
+    """
+    from optuna.trial import TrialState
+
+    from batchtune.study.ledger import LeanTrial
+
+    trial = LeanTrial.claim(study, space, {"worker": owner()}, trials)
+    before = [t for t in trials if t.number < trial.number]
+    if trial.number == len(trials) and sum(counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING) for t in before) < total:
+        return trial
+    ranked = sorted(t.number for t in study.get_trials(deepcopy=False) if counts(t) or t.state == TrialState.RUNNING)
+    if trial.number in ranked[:total]:
+        return trial
+    trial.set_user_attr("status", "surplus")
+    trial.tell(state=TrialState.FAIL)
+    return None
+
+
+def record(
+    study: Any, trial: Any, result: Any, spec: Any, cfg: SearchConfig, plan: TrialPlan, base_lr: float,
+    device_label: str = "",
+) -> None:
+    import math
+
+    from optuna.trial import TrialState
+
+    data = result.to_dict()
+    data["effective_batch_size"] = spec.effective_batch_size
+    data["accumulate"] = spec.accumulate
+    data["micro_batch"] = spec.batch_size
+    data["precision"] = spec.precision
+    data["device"] = device_label
+    data["lr"] = spec.lr
+    data["lr_warmup_epochs"] = spec.lr_warmup_epochs
+    data.update(plan.trial_attrs(base_lr, result))
+    if result.status == "ok" and data["reason"] is None:
+        data["reason"] = plan.miss_reason(result)
+    data["step_times"] = data["step_times"][:2000]
+    metric_ok = result.final_metric is not None and math.isfinite(result.final_metric)
+    measured = result.status == "ok" and metric_ok and bool(result.throughput)
+    over = None
+    if measured and cfg.memory_budget is not None:
+        over = (result.peak_memory_bytes - cfg.memory_budget) / cfg.memory_budget
+        if over > 0:
+            data["reason"] = f"peak memory above the --memory-budget by {over:.1%}"
+    if result.status == "ok" and not measured:
+        # Trained, but too short to time or evaluate: it cannot be compared with the others.
+        data["status"] = "failed"
+        data["reason"] = "the training budget was too short to time or evaluate; raise --epochs"
+    # One attribute for the measurements, status and reason: each set_user_attr is a storage round
+    # trip (a commit on RDB storage), and the coordinator's time per trial must stay small.
+    trial.set_user_attr("result", data)
+    if over is not None and over > 0:
+        # Optuna treats a trial without constraints, or with values <= 0, as feasible, and its
+        # samplers use only the positive values (the violation); storing the margin of a feasible
+        # trial would cost a transaction and change nothing. The sampler learns the boundary.
+        trial.set_constraint("memory", over)
+    if measured:
+        values = plan.objective_values(result)
+        trial.tell(values or [result.final_metric, result.throughput, float(result.peak_memory_bytes or 0)])
+        return
+    if result.status == "pruned":
+        trial.tell(state=TrialState.PRUNED)
+        return
+    if result.status == "oom":
+        trial.set_constraint("memory", 1.0)
+    trial.tell(state=TrialState.FAIL)

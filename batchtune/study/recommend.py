@@ -1,0 +1,273 @@
+"""The recommendation rule: Pareto front, tolerance on the metric, then speed, then memory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from batchtune.study.config import Tolerance
+from batchtune.units import format_bytes
+
+# Throughputs closer than this are a tie (timing noise on a shared machine is of this order);
+# the tie goes to the configuration with less peak memory.
+THROUGHPUT_TIE = 0.02
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    trial: int
+    params: dict[str, Any]
+    metric: float
+    throughput: float
+    peak_memory_bytes: int
+    best_trial: int
+    best_metric: float
+    tolerance: Tolerance
+    reason: str
+    lr_advice: str | None
+    objective: str = "pareto"
+    time_to_target: float | None = None  # seconds, under --objective time-to-target
+    samples_to_target: int | None = None
+    lr_rule: str | None = None
+    lr_reference_batch: int | None = None
+    base_lr: float | None = None
+    lr_table: tuple[dict[str, Any], ...] = ()  # batch size -> lr under the rule, from base_lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.params,
+            "metric": self.metric,
+            "throughput": self.throughput,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "trial": self.trial,
+            "reason": self.reason,
+            "best_trial": self.best_trial,
+            "best_metric": self.best_metric,
+            "tolerance": {"value": self.tolerance.value, "kind": self.tolerance.kind},
+            "lr_advice": self.lr_advice,
+            "objective": self.objective,
+            "time_to_target": self.time_to_target,
+            "samples_to_target": self.samples_to_target,
+            "lr_rule": self.lr_rule,
+            "lr_reference_batch": self.lr_reference_batch,
+            "base_lr": self.base_lr,
+            "lr_table": list(self.lr_table),
+        }
+
+
+def eligible(trials: pd.DataFrame) -> pd.DataFrame:
+    """Feasible, finished, non-diverged trials with every objective measured."""
+    if trials.empty:
+        return trials
+    ok = trials[(trials["status"] == "ok") & trials["feasible"].astype(bool)]
+    ok = ok.dropna(subset=["metric", "throughput", "peak_memory_bytes"])
+    return ok[np.isfinite(ok["metric"].astype(float))]
+
+
+def pareto_front(trials: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """Non-dominated trials over (metric, throughput, peak memory)."""
+    ok = eligible(trials)
+    if ok.empty:
+        return ok
+    sign = 1.0 if mode == "max" else -1.0
+    # All three as "larger is better".
+    points = np.column_stack(
+        [sign * ok["metric"].to_numpy(float), ok["throughput"].to_numpy(float), -ok["peak_memory_bytes"].to_numpy(float)]
+    )
+    keep = []
+    for p in points:
+        dominated = np.any(np.all(points >= p, axis=1) & np.any(points > p, axis=1))
+        keep.append(not dominated)
+    return ok[np.array(keep)].sort_values("metric", ascending=(mode == "min")).reset_index(drop=True)
+
+
+def default_tolerance(values: pd.Series, mode: str) -> Tolerance:
+    """0.5 percentage points for a metric bounded in [0, 1] (accuracy-like, higher is better), else 1% relative."""
+    v = values.dropna().astype(float)
+    if mode == "max" and len(v) and v.between(0.0, 1.0).all():
+        return Tolerance(0.005, "absolute")
+    return Tolerance(0.01, "relative")
+
+
+def within(value: float, best: float, tol: Tolerance, mode: str) -> bool:
+    gap = (best - value) if mode == "max" else (value - best)
+    limit = tol.value if tol.kind == "absolute" else tol.value * abs(best)
+    return gap <= limit + 1e-12
+
+
+def recommend(
+    trials: pd.DataFrame,
+    *,
+    mode: str,
+    tolerance: Tolerance | None = None,
+    current_batch_size: int | None = None,
+    optimizer_family: str = "sgd",
+) -> Recommendation | None:
+    """Apply the rule (README, "How batchtune recommends") to a trials table."""
+    front = pareto_front(trials, mode)
+    if front.empty:
+        return None
+    tol = tolerance or default_tolerance(eligible(trials)["metric"], mode)
+    best = _most_accurate(front, mode)
+    close = front[[within(float(m), float(best["metric"]), tol, mode) for m in front["metric"]]]
+    top = float(close["throughput"].max())
+    tied = close[close["throughput"] >= top * (1 - THROUGHPUT_TIE)]
+    pick = tied.sort_values(["peak_memory_bytes", "throughput"], ascending=[True, False]).iloc[0]
+    return _recommendation(pick, best, tol, _reason(pick, best, tol, mode), current_batch_size, optimizer_family)
+
+
+def _most_accurate(frame: pd.DataFrame, mode: str) -> pd.Series:
+    values = frame["metric"].to_numpy(float)
+    return frame.iloc[int(np.argmax(values) if mode == "max" else np.argmin(values))]
+
+
+def _recommendation(
+    pick: pd.Series, best: pd.Series, tol: Tolerance, reason: str, current_batch_size: int | None, family: str,
+    **extra: Any,
+) -> Recommendation:
+    params = _params(pick)
+    return Recommendation(
+        trial=int(pick["trial"]),
+        params=params,
+        metric=float(pick["metric"]),
+        throughput=float(pick["throughput"]),
+        peak_memory_bytes=int(pick["peak_memory_bytes"]),
+        best_trial=int(best["trial"]),
+        best_metric=float(best["metric"]),
+        tolerance=tol,
+        reason=reason,
+        lr_advice=lr_advice(params["batch_size"], params["lr"], current_batch_size, family),
+        **extra,
+    )
+
+
+def _params(pick: pd.Series) -> dict[str, Any]:
+    params: dict[str, Any] = {"batch_size": int(pick["batch_size"]), "lr": float(pick["lr"]), "norm": str(pick["norm"])}
+    if "precision" in pick and isinstance(pick["precision"], str) and pick["precision"] != "fp32":
+        params["precision"] = pick["precision"]
+    steps = pick.get("accumulate")
+    if steps is not None and not pd.isna(steps) and int(steps) > 1:
+        params["micro_batch"] = int(pick["micro_batch"])
+        params["accumulate"] = int(steps)
+    return params
+
+
+def recommend_time_to_target(
+    trials: pd.DataFrame,
+    *,
+    mode: str,
+    target: float,
+    current_batch_size: int | None = None,
+    optimizer_family: str = "sgd",
+) -> Recommendation | None:
+    """Under ``--objective time-to-target``: the feasible trial that reached the target in the least time.
+
+    Times within 2% are a tie (as throughputs are in :func:`recommend`), broken by lower peak memory.
+    """
+    ok = eligible(trials)
+    if ok.empty or "time_to_target" not in ok:
+        return None
+    hit = ok[ok["reached_target"].fillna(False).astype(bool)].dropna(subset=["time_to_target"])
+    if hit.empty:
+        return None
+    fastest = float(hit["time_to_target"].min())
+    tied = hit[hit["time_to_target"].astype(float) <= fastest * (1 + THROUGHPUT_TIE)]
+    pick = tied.sort_values(["peak_memory_bytes", "time_to_target"], ascending=[True, True]).iloc[0]
+    best = _most_accurate(ok, mode)
+    params = _params(pick)
+    seconds = float(pick["time_to_target"])
+    name = f"batch {params['batch_size']}, lr {params['lr']:.3g}, {params['norm']} norm"
+    slower = hit[hit["trial"] != pick["trial"]]
+    runner_up = (
+        f"; the next fastest of the {len(hit)} trials that reached it took {float(slower['time_to_target'].min()):.3g} s"
+        if len(slower)
+        else "; it is the only trial that reached it"
+    )
+    reason = (
+        f"Trial {int(pick['trial'])} ({name}) reached the target {target:g} fastest: after "
+        f"{int(pick['samples_to_target']):,} training samples, {seconds:.3g} s at its measured "
+        f"{float(pick['throughput']):,.0f} samples/s{runner_up}."
+    )
+    return _recommendation(
+        pick, best, default_tolerance(ok["metric"], mode), reason, current_batch_size, optimizer_family,
+        objective="time-to-target",
+        time_to_target=seconds,
+        samples_to_target=int(pick["samples_to_target"]),
+    )
+
+
+def with_lr_table(
+    rec: Recommendation, trials: pd.DataFrame, *, rule: str, reference: int | None, sizes: list[int]
+) -> Recommendation:
+    """Add the LR to use at each batch size, from the recommended trial's base LR under ``rule``."""
+    from batchtune.study import lr_rule
+
+    row = trials[trials["trial"] == rec.trial]
+    base = float(row["base_lr"].iloc[0]) if len(row) and not pd.isna(row["base_lr"].iloc[0]) else rec.params["lr"]
+    if rule == "none" or reference is None:
+        return replace(rec, lr_rule=rule, base_lr=base)
+    table = tuple(
+        {"batch_size": r.batch_size, "lr": r.lr, "factor": r.factor}
+        for r in lr_rule.lr_table(base, rule, int(reference), sizes or [rec.params["batch_size"]])
+    )
+    return replace(rec, lr_rule=rule, lr_reference_batch=int(reference), base_lr=base, lr_table=table)
+
+
+def _fmt_metric(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _reason(pick: pd.Series, best: pd.Series, tol: Tolerance, mode: str) -> str:
+    name = f"batch {int(pick['batch_size'])}, lr {float(pick['lr']):.3g}, {pick['norm']} norm"
+    if int(pick["trial"]) == int(best["trial"]):
+        return (
+            f"Trial {int(pick['trial'])} ({name}) is the most accurate trial ({_fmt_metric(float(pick['metric']))}) "
+            f"and no trial within {tol.describe()} of it is faster, at {float(pick['throughput']):,.0f} samples/s "
+            f"and {format_bytes(pick['peak_memory_bytes'])} peak memory."
+        )
+    gap = abs(float(best["metric"]) - float(pick["metric"]))
+    gap_text = f"{gap * 100:.2f} points" if tol.kind == "absolute" and tol.value < 1 else f"{gap:.4g}"
+    speed = float(pick["throughput"]) / float(best["throughput"])
+    mem = float(pick["peak_memory_bytes"]) / float(best["peak_memory_bytes"])
+    mem_text = f"{(1 - mem):.0%} less peak memory" if mem < 1 else f"{(mem - 1):.0%} more peak memory"
+    return (
+        f"Trial {int(pick['trial'])} ({name}) gives up {gap_text} of metric against the most accurate trial "
+        f"{int(best['trial'])} ({_fmt_metric(float(best['metric']))}, within the {tol.describe()} tolerance) and gains "
+        f"{speed:.2f}x its throughput ({float(pick['throughput']):,.0f} vs {float(best['throughput']):,.0f} samples/s) "
+        f"with {mem_text}."
+    )
+
+
+def lr_scale(from_batch: int, to_batch: int, family: str) -> float:
+    """Factor to multiply a learning rate by when the batch size changes.
+
+    Linear for SGD (Goyal et al. 2017, "Accurate, Large Minibatch SGD"); square root for Adam-type
+    optimizers (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms").
+    """
+    ratio = to_batch / from_batch
+    return ratio if family == "sgd" else math.sqrt(ratio)
+
+
+def rule_name(family: str) -> str:
+    return (
+        "linear scaling rule (Goyal et al. 2017)"
+        if family == "sgd"
+        else "square-root scaling rule for Adam-type optimizers (Malladi et al. 2022)"
+    )
+
+
+def lr_advice(batch: int, lr: float, current: int | None, family: str) -> str | None:
+    if current is None or current == batch:
+        return None
+    back = lr_scale(batch, current, family)
+    forward = lr_scale(current, batch, family)
+    return (
+        f"You train at batch {current}; the recommendation is batch {batch} at lr {lr:.3g}. Moving your own setup "
+        f"from batch {current} to {batch}, multiply your learning rate by {forward:.3g}; staying at batch {current}, "
+        f"use lr {lr * back:.3g} ({lr:.3g} x {back:.3g}). Rule: {rule_name(family)}"
+        + (", with a few epochs of warm-up when the factor is large." if family == "sgd" else ".")
+    )

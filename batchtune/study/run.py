@@ -1,0 +1,400 @@
+"""Running a search, phase by phase, and reading a stored study back into a result.
+
+:func:`search` reads top to bottom as the phases a search goes through: load and check the task,
+open the study, choose the batch sizes (the probe) and fix the plan, record the space and the
+meta, run the batch doctor, recover the trials of dead coordinators, run the workers
+(:mod:`batchtune.study.coordinator`), measure the noise scale, and write the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchtune.errors import BatchtuneError, UsageError
+from batchtune.study.config import SearchConfig
+from batchtune.study.coordinator import (
+    Progress,
+    TrialEvent,
+    gpu_ids,
+    reap_dead_local_trials,
+    run_workers,
+)
+from batchtune.study.results import status
+from batchtune.study.storage import default_storage, open_study
+from batchtune.units import redact_url
+
+if TYPE_CHECKING:
+    from batchtune.study.plan import TrialPlan
+    from batchtune.task.contract import Task
+
+log = logging.getLogger(__name__)
+
+SPACE_KEY = "batchtune_space"
+META_KEY = "batchtune_meta"
+
+
+@dataclass
+class SearchResult:
+    """A finished (or interrupted) search: tables from the study, the recommendation, files written."""
+
+    study_name: str
+    storage: str  # password redacted
+    trials: Any  # pandas.DataFrame, one row per counted trial
+    curves: Any  # pandas.DataFrame, learning curves in long form
+    recommendation: Any  # batchtune.study.recommend.Recommendation | None
+    pareto: Any  # pandas.DataFrame
+    summary: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def search(
+    config: SearchConfig,
+    *,
+    on_event: Callable[[TrialEvent], None] | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+    write_report: bool = True,
+) -> SearchResult:
+    """Run (or resume) a study and write its report. See the README for every option.
+
+    Returns the :class:`SearchResult`; raises :class:`BatchtuneError` subclasses for bad input.
+    KeyboardInterrupt marks the running trials interrupted, writes the report of what finished,
+    and returns a result with ``interrupted=True``.
+    """
+    cfg = config.validated()
+    with quiet_optuna():
+        return _search(cfg, on_event, on_start, write_report)
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's info logs and experimental-API warnings are noise in batchtune's output."""
+    import optuna
+
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # We record heartbeats ourselves around each ask/tell trial (see coordinator.worker_loop).
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What the first phase learns about the task and the machine, before the study opens."""
+
+    task: Task
+    device: Any  # torch.device
+    norms: tuple[str, ...]
+    norm_note: str
+    train_size: int
+    val_size: int
+    sizes: tuple[int, ...]
+    family: str  # the optimizer family: "sgd" or "adaptive"
+    gpus: list[int]
+    workers: int
+    threads: int
+    url: str  # the storage URL, password included
+
+
+def _search(
+    cfg: SearchConfig,
+    on_event: Callable[[TrialEvent], None] | None,
+    on_start: Callable[[dict[str, Any]], None] | None,
+    write_report: bool,
+) -> SearchResult:
+    out_dir = Path(cfg.output_dir) / cfg.study_name if write_report else None
+    setup = _load_and_check(cfg, out_dir)
+    direction = "maximize" if setup.task.metric_mode == "max" else "minimize"
+    study = open_study(cfg, ["minimize"] if cfg.objective == "time-to-target" else [direction, "maximize", "minimize"])
+    plan = _plan_sizes(study, cfg, setup, out_dir)
+    _record_space_and_meta(study, cfg, setup, plan)
+    if cfg.doctor:
+        from batchtune.doctor.report import doctor_for_search
+
+        study.set_user_attr("doctor", doctor_for_search(str(setup.task.path), plan.sizes, setup.norms, setup.device, cfg.seed))
+    _recover_dead_trials(study)
+    if on_start:
+        on_start({"study": cfg.study_name, "storage": redact_url(setup.url), "device": str(setup.device),
+                  "norms": setup.norms, "batch_sizes": plan.sizes, "norm_note": setup.norm_note,
+                  "workers": setup.workers, "lr_rule": plan.rule, "lr_reference_batch": plan.reference,
+                  "objective": plan.objective})
+    interrupted = _run_trials(study, cfg, setup, plan, on_event)
+    result = load_result(study, setup.url, cfg)
+    if cfg.noise and not interrupted:
+        from batchtune.noise.report import noise_for_search
+
+        study.set_user_attr("noise", noise_for_search(
+            result, cfg, setup.device, Path(cfg.output_dir) / cfg.study_name, train_size=setup.train_size,
+            family=setup.family,
+        ))
+        result = load_result(study, setup.url, cfg)
+    result.interrupted = interrupted
+    if out_dir is not None:
+        from batchtune.study.report import write_search_report
+
+        result.paths = write_search_report(result, out_dir, plots=cfg.plots)
+    return result
+
+
+def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
+    """Phase 1: load the task file, dry-run it, and fix the device, norms, sizes and workers."""
+    from batchtune.task.contract import (
+        dry_run,
+        load_task,
+        make_dataset,
+        optimizer_family,
+        search_norms,
+    )
+    from batchtune.trial.device import resolve_device
+
+    task = load_task(cfg.task_path)
+    if out_dir is not None:
+        from batchtune.files import ensure_dir
+
+        ensure_dir(out_dir)  # fail now, not after hours of trials
+    device = resolve_device(cfg.device)
+    norms, norm_note = search_norms(task, cfg.norms)
+    dry_run(task, norms)
+    train_size = len(make_dataset(task, "train"))
+    val_size = len(make_dataset(task, "val"))
+    sizes = batch_size_choices(cfg, train_size)
+    family = optimizer_family(task)
+    trial_plan(cfg, sizes, train_size, family, task.metric_mode)  # bad plan options fail before the study opens
+    gpus = gpu_ids(cfg.device, device)
+    workers = cfg.workers if cfg.workers is not None else max(1, len(gpus))
+    return _Setup(
+        task=task, device=device, norms=norms, norm_note=norm_note, train_size=train_size, val_size=val_size,
+        sizes=sizes, family=family, gpus=gpus, workers=workers,
+        threads=cfg.threads or max(1, (os.cpu_count() or 1) // workers),
+        url=cfg.storage or default_storage(cfg.study_name, cfg.studies_dir),
+    )
+
+
+def _plan_sizes(study: Any, cfg: SearchConfig, setup: _Setup, out_dir: Path | None) -> TrialPlan:
+    """Phase 2: the probe keeps the sizes that fit, then the LR rule, accumulation and pruner are fixed."""
+    sizes, micro_max = setup.sizes, None
+    if cfg.probe:
+        from batchtune.probing.measure import probe_for_search
+
+        # Only sizes that fit with headroom are searched; the probe is stored in (and reused from) the study.
+        fitting = probe_for_search(study, cfg, sizes=sizes, norms=setup.norms, device=str(setup.device),
+                                   threads=setup.threads, out_dir=out_dir)
+        # The probed maximum is the micro-batch limit: with --accumulate, powers of two go on doubling
+        # past it, and explicit --batch-sizes above it are accumulated.
+        micro_max = min(max(fitting), cfg.batch_size_max or max(fitting))
+        sizes = sizes if cfg.accumulate > 1 and cfg.batch_sizes is not None else fitting
+    plan = trial_plan(cfg, sizes, setup.train_size, setup.family, setup.task.metric_mode, micro_max=micro_max)
+    if plan.objective == "time-to-target":
+        from batchtune.study.target import first_rung_samples, make_pruner
+
+        budget = cfg.budget_samples or (cfg.epochs or 1.0) * setup.train_size
+        study.pruner = make_pruner(first_rung_samples(plan.sizes, setup.train_size, cfg.eval_every, budget))
+    return plan
+
+
+def _record_space_and_meta(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan) -> None:
+    """Phase 3: store the search space (a resume must match it) and what the report needs to know."""
+    from batchtune.trial.device import environment
+
+    space = {
+        "batch_sizes": list(plan.sizes),
+        "lr": [cfg.lr_min, cfg.lr_max],
+        "norms": list(setup.norms),
+        "precisions": list(cfg.precisions),
+        "objective": plan.objective,
+        "accumulate": cfg.accumulate,
+        "micro_batch_max": max(s.micro for s in plan.splits.values()) if cfg.accumulate > 1 else None,
+        "lr_rule": plan.rule,
+        "lr_reference_batch": plan.reference,
+        "target": plan.target,
+    }
+    _check_space(study, space)
+    task = setup.task
+    meta = {
+        "task": str(task.path),
+        "metric_mode": task.metric_mode,
+        "metric_is_default": not task.custom_metric,
+        "optimizer_family": setup.family,
+        "norm_note": setup.norm_note,
+        "train_size": setup.train_size,
+        "val_size": setup.val_size,
+        "epochs": cfg.epochs,
+        "budget_samples": cfg.budget_samples,
+        "seed": cfg.seed,
+        "memory_budget": cfg.memory_budget,
+        "current_batch_size": cfg.current_batch_size,
+        "environment": environment(setup.device, threads=setup.threads),
+        "objectives": ["time_to_target"] if plan.objective == "time-to-target" else ["metric", "throughput", "peak_memory_bytes"],
+        "objective": plan.objective,
+        "target": plan.target,
+        "lr_rule": plan.rule,
+        "lr_reference_batch": plan.reference,
+        "warmup_epochs": plan.warmup_epochs,
+        "accumulate": cfg.accumulate,
+    }
+    study.set_user_attr(META_KEY, meta)
+
+
+def _recover_dead_trials(study: Any) -> None:
+    """Phase 4: trials whose heartbeat stopped, or whose coordinator on this host died, are failed and retried."""
+    import optuna
+
+    optuna.storages.fail_stale_trials(study)
+    reap_dead_local_trials(study)
+
+
+def _run_trials(
+    study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan, on_event: Callable[[TrialEvent], None] | None
+) -> bool:
+    """Phase 5: the workers run trials until the study has its total; returns whether Ctrl-C stopped them."""
+    progress = Progress(cfg.trials, setup.task.metric_mode)
+    for t in study.get_trials(deepcopy=False):
+        if status(t) == "ok":
+            progress.update(t.user_attrs["result"].get("final_metric"))
+    interrupted, errors = run_workers(
+        study, cfg, setup.device, plan, setup.norms, workers=setup.workers, gpus=setup.gpus, threads=setup.threads,
+        progress=progress, on_event=on_event,
+    )
+    if errors and not interrupted:
+        err = errors[0]
+        if isinstance(err, BatchtuneError):
+            raise err
+        import sqlalchemy.exc
+
+        if isinstance(err, sqlalchemy.exc.SQLAlchemyError):
+            from batchtune.study.storage import storage_error
+
+            raise storage_error(setup.url, err)
+        raise err
+    return interrupted
+
+
+def trial_plan(
+    cfg: SearchConfig, sizes: tuple[int, ...], train_size: int, family: str, mode: str, micro_max: int | None = None
+) -> TrialPlan:
+    """The LR rule, accumulation splits and objective of this study (batchtune.study.plan).
+
+    ``micro_max`` is the largest micro-batch that fits (the probe's); without it, the largest
+    searched size, or --batch-size-max with explicit --batch-sizes.
+    """
+    from batchtune.study import lr_rule
+    from batchtune.study.accumulate import plan as accumulation_plan
+    from batchtune.study.plan import TrialPlan
+
+    if micro_max is None:
+        micro_max = max(sizes) if cfg.batch_sizes is None else (cfg.batch_size_max or max(sizes))
+    splits = accumulation_plan(
+        sizes, max_steps=cfg.accumulate, micro_max=micro_max, train_size=train_size, explicit=cfg.batch_sizes is not None
+    )
+    rule = lr_rule.resolve_rule(cfg.lr_rule, family)
+    reference = None if rule == "none" else lr_rule.reference_batch(cfg.lr_reference_batch, tuple(splits))
+    trial_epochs = cfg.epochs if cfg.budget_samples is None else cfg.budget_samples / train_size
+    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else lr_rule.default_warmup_epochs(rule, trial_epochs or 1.0)
+    if warmup and trial_epochs and warmup >= trial_epochs:
+        raise UsageError(
+            f"--warmup-epochs {warmup:g} is not shorter than a trial ({trial_epochs:g} epochs); lower it or raise the budget"
+        )
+    return TrialPlan(
+        splits=splits, rule=rule, reference=reference, warmup_epochs=float(warmup), objective=cfg.objective,
+        target=cfg.target, mode=mode,
+    )
+
+
+def batch_size_choices(cfg: SearchConfig, train_size: int) -> tuple[int, ...]:
+    """Powers of two from --batch-size-min up to --batch-size-max (default: the training set size, capped at 1024)."""
+    if cfg.batch_sizes is not None:
+        too_big = [b for b in cfg.batch_sizes if b > train_size]
+        if too_big:
+            raise UsageError(
+                f"--batch-sizes {too_big[0]} is larger than the training set ({train_size} samples); "
+                "drop it or use a larger dataset"
+            )
+        return tuple(sorted(set(cfg.batch_sizes)))
+    upper = min(cfg.batch_size_max or 1024, train_size)
+    if cfg.batch_size_min > upper:
+        raise UsageError(
+            f"--batch-size-min {cfg.batch_size_min} is larger than the training set ({train_size} samples); lower it"
+        )
+    sizes = []
+    b = 1
+    while b <= upper:
+        if b >= cfg.batch_size_min:
+            sizes.append(b)
+        b *= 2
+    if not sizes:
+        sizes = [cfg.batch_size_min]
+    return tuple(sizes)
+
+
+# What a study stored before a key existed: it sampled the LR directly, with no target.
+_SPACE_DEFAULTS: dict[str, Any] = {"lr_rule": "none", "lr_reference_batch": None, "target": None, "micro_batch_max": None}
+
+
+def _check_space(study: Any, space: dict[str, Any]) -> None:
+    stored = study.user_attrs.get(SPACE_KEY)
+    if stored is None:
+        study.set_user_attr(SPACE_KEY, space)
+        return
+    for key in ("batch_sizes", "norms", "precisions", "objective", "accumulate", "lr_rule", "lr_reference_batch",
+                "target", "micro_batch_max"):
+        if stored.get(key, _SPACE_DEFAULTS.get(key)) != space.get(key):
+            raise UsageError(
+                f"study {study.study_name!r} was created with {key} {stored.get(key)}, not {space.get(key)}; "
+                "run with the same options to resume it, or pass a new --study name"
+            )
+
+
+def load_result(study: Any, url: str, cfg: SearchConfig | None = None) -> SearchResult:
+    """Tables, Pareto front and recommendation of a stored study."""
+    from batchtune.study.recommend import (
+        pareto_front,
+        recommend,
+        recommend_time_to_target,
+        with_lr_table,
+    )
+    from batchtune.study.results import curves_frame, trials_frame
+    from batchtune.study.summary import build_summary
+
+    meta = study.user_attrs.get(META_KEY) or {}
+    trials = trials_frame(study)
+    curves = curves_frame(study)
+    mode = meta.get("metric_mode", "max")
+    tolerance = cfg.tolerance if cfg is not None else None
+    current = cfg.current_batch_size if cfg is not None and cfg.current_batch_size else meta.get("current_batch_size")
+    front = pareto_front(trials, mode)
+    space = study.user_attrs.get(SPACE_KEY) or {}
+    rule = space.get("lr_rule", "none")
+    # LR advice follows the rule the study searched with; without one, the optimizer family's.
+    family = {"linear": "sgd", "sqrt": "adaptive"}.get(rule, meta.get("optimizer_family", "sgd"))
+    if space.get("objective") == "time-to-target":
+        rec = recommend_time_to_target(
+            trials, mode=mode, target=float(space["target"]), current_batch_size=current, optimizer_family=family
+        )
+    else:
+        rec = recommend(trials, mode=mode, tolerance=tolerance, current_batch_size=current, optimizer_family=family)
+    if rec is not None:
+        sizes = list(space.get("batch_sizes") or []) + ([current] if current else [])
+        rec = with_lr_table(rec, trials, rule=rule, reference=space.get("lr_reference_batch"), sizes=sizes)
+    result = SearchResult(
+        study_name=study.study_name,
+        storage=redact_url(url),
+        trials=trials,
+        curves=curves,
+        recommendation=rec,
+        pareto=front,
+        summary={},
+    )
+    result.summary = build_summary(result, meta, study)
+    return result

@@ -1,0 +1,84 @@
+"""CLI behaviour: bad input exits non-zero with one line and no traceback; help stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def one_line_error(result, code):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size-min", "64", "--batch-size-max", "32"], "--batch-size-min 64 is above --batch-size-max 32"),
+        (["--lr-min", "-1"], "--lr-min -1 must be a positive learning rate"),
+        (["--lr-min", "0"], "--lr-min 0 must be a positive learning rate"),
+        (["--norms", "batch,fancy"], "--norms: unknown normalization 'fancy'"),
+        (["--device", "tpu"], "--device 'tpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+        (["--device", "cuda"], "--device cuda: CUDA is not available on this machine"),
+        (["--memory-budget", "lots"], "--memory-budget 'lots' is not a memory size"),
+        (["--tolerance", "150%"], "--tolerance '150%' is out of range"),
+        (["--storage", "ftp://host/db"], "--storage 'ftp://host/db' has an unknown scheme 'ftp'"),
+        (["--batch-sizes", "16,x"], "'16,x' is not a comma-separated list of integers"),
+        (["--batch-sizes", "4096"], "--batch-sizes 4096 is larger than the training set (512 samples)"),
+    ],
+)
+def test_bad_options(cli, tasks, args, message):
+    result = cli("search", tasks / "tiny_mlp.py", "--trials", "1", *args)
+    assert message in one_line_error(result, 2)
+
+
+def test_bad_task_file_is_exit_2_without_traceback(cli, workdir):
+    (workdir / "broken.py").write_text("def build_model(:\n")
+    result = cli("search", "broken.py")
+    assert "broken.py:1: syntax error" in one_line_error(result, 2)
+    assert not (workdir / "studies").exists() or not any((workdir / "studies").iterdir())
+
+
+def test_password_never_shown(cli, tasks):
+    result = cli("search", tasks / "tiny_mlp.py", "--trials", "1",
+                 "--storage", "postgresql://user:hunter2@127.0.0.1:1/nodb")
+    assert result.exit_code != 0
+    assert "hunter2" not in result.output and "***" in result.output
+
+
+def test_init_writes_template_that_passes_the_dry_run(cli, workdir):
+    result = cli("init", "mine.py")
+    assert result.exit_code == 0, result.output
+    from batchtune.task.contract import dry_run, load_task, search_norms
+
+    task = load_task(workdir / "mine.py")
+    dry_run(task, search_norms(task, None)[0])
+    again = cli("init", "mine.py")
+    assert "mine.py already exists" in one_line_error(again, 2)
+
+
+def test_env_prints_facts(cli):
+    result = cli("env", "--json")
+    assert result.exit_code == 0
+    facts = json.loads(result.stdout)
+    assert facts["device"] == "cpu" and facts["torch"] and facts["optuna"] and facts["threads"] >= 1
+
+
+def test_help_does_not_import_heavy_modules():
+    code = (
+        "import sys; from batchtune.cli import cli; "
+        "heavy = [m for m in ('torch', 'optuna', 'pandas', 'matplotlib', 'numpy', 'sqlalchemy') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "batchtune", "--version"], capture_output=True, text=True, check=True)
+    assert "batchtune" in out.stdout

@@ -1,0 +1,110 @@
+"""The batch doctor: each check fires on a task built to trigger it and stays quiet on a clean one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from batchtune.doctor.checks import (
+    Labels,
+    check_batchnorm,
+    check_dataset_size,
+    check_label_balance,
+    check_sorted,
+    diagnose,
+)
+from batchtune.doctor.report import doctor_lines, doctor_markdown
+
+
+def _by_check(diagnosis):
+    return {(f.check, f.severity) for f in diagnosis.findings}
+
+
+def test_clean_task_has_no_warnings(tasks):
+    d = diagnose(tasks / "tiny_mlp.py", batch_sizes=[32], device="cpu")
+    assert d.errors == () and d.warnings == ()
+    assert {f.check for f in d.findings} >= {"label-balance", "sorted-labels", "loader"}
+    assert d.exit_code == 0
+    assert d.to_dict()["counts"] == {"info": len(d.findings), "warning": 0, "error": 0}
+
+
+def test_sorted_labels_and_sliced_validation(tasks):
+    d = diagnose(tasks / "doctor_sorted.py", batch_sizes=[16], device="cpu", loader=False)
+    found = _by_check(d)
+    assert ("sorted-labels", "warning") in found and ("val-coverage", "warning") in found
+    sorted_finding = next(f for f in d.findings if f.check == "sorted-labels")
+    assert sorted_finding.details["adjacent_same_label"] > 0.9 and "shuffle" in sorted_finding.fix
+
+
+def test_imbalanced_labels(tasks):
+    d = diagnose(tasks / "doctor_imbalanced.py", batch_sizes=[16], device="cpu", loader=False)
+    finding = next(f for f in d.findings if f.check == "label-balance")
+    assert finding.severity == "warning"
+    assert finding.details["rarest_class"] == 1 and finding.details["rarest_share"] == pytest.approx(0.02)
+    # (1 - 0.02)^16 = 0.72 of shuffled batches miss the minority class.
+    assert finding.details["rarest_absent_fraction"] == pytest.approx(0.98**16, abs=0.06)
+    assert "WeightedRandomSampler" in finding.fix and "149" in finding.fix  # ceil(ln 0.05 / ln 0.98)
+
+
+def test_tiny_dataset_and_batchnorm(tasks):
+    too_big = diagnose(tasks / "doctor_tiny.py", batch_sizes=[32], device="cpu")
+    assert ("batch-vs-dataset", "error") in _by_check(too_big) and too_big.exit_code == 1
+    small = diagnose(tasks / "doctor_tiny.py", batch_sizes=[4], device="cpu", loader=False)
+    found = _by_check(small)
+    # 21 % 4 == 1: without drop_last the last batch holds one sample.
+    assert ("batchnorm-batch", "warning") in found and ("batchnorm-last-batch", "warning") in found
+    assert small.exit_code == 0
+    group = diagnose(tasks / "doctor_tiny.py", batch_sizes=[4], norm="group", device="cpu", loader=False)
+    assert not any(f.check.startswith("batchnorm") for f in group.findings)
+
+
+def test_slow_loader_starves_the_model(tasks):
+    d = diagnose(tasks / "doctor_slow.py", batch_sizes=[16], device="cpu")
+    finding = next(f for f in d.findings if f.check == "loader")
+    assert finding.severity == "warning"
+    assert finding.details["loader_share"] >= 0.3 and finding.details["suggested_num_workers"] >= 1
+    assert "num_workers=" in finding.fix
+
+
+def test_checks_as_pure_functions():
+    assert check_dataset_size(100, [64])[0].check == "drop-last"  # 36 of 100 dropped
+    assert check_dataset_size(100, [50]) == []
+    balanced = Labels(np.tile(np.arange(4), 100), "class", True)
+    assert check_label_balance(balanced, 32)[0].severity == "info"
+    # Period-4 cycling labels never repeat a neighbour: not sorted.
+    assert check_sorted(balanced)[0].severity == "info"
+    ramp = Labels(np.linspace(0, 1, 300), "scalar", True)
+    assert check_sorted(ramp)[0].severity == "warning"
+    from torch import nn
+
+    bn = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4))
+    ones = check_batchnorm(bn, 100, [1])
+    assert ones[0].severity == "error"
+    assert check_batchnorm(bn, 100, [4], other_norms=("batch", "group"))[0].severity == "info"
+
+
+def test_rendering(tasks):
+    d = diagnose(tasks / "doctor_tiny.py", batch_sizes=[4, 32], device="cpu", loader=False)
+    lines = doctor_lines(d)
+    assert lines[0].startswith("batch doctor:") and lines[1].startswith("ERROR")  # worst first
+    assert "exit code 1" in lines[-1]
+    md = doctor_markdown(d.to_dict())
+    assert md.startswith("## Batch doctor") and "| severity" in md
+
+
+def test_check_cli_exit_codes_and_json(cli, tasks):
+    clean = cli("check", tasks / "tiny_mlp.py", "--batch-size", "32")
+    assert clean.exit_code == 0, clean.output
+    assert "no errors or warnings" in clean.output
+    bad = cli("check", tasks / "doctor_tiny.py", "--batch-size", "64", "--json")
+    assert bad.exit_code == 1
+    data = json.loads(bad.stdout)
+    assert set(data) == {"task", "batch_sizes", "norm", "train_size", "counts", "exit_code", "findings"}
+    assert data["exit_code"] == 1 and data["batch_sizes"] == [64] and data["train_size"] == 21
+    assert {"check", "severity", "message", "fix", "details"} == set(data["findings"][0])
+    missing = cli("check", "nope.py")
+    assert missing.exit_code == 2 and "no such task file" in missing.output
+    zero = cli("check", tasks / "tiny_mlp.py", "--batch-size", "0")
+    assert zero.exit_code == 2 and "--batch-size" in zero.output

@@ -1,0 +1,24 @@
+"""TrialRunner.call: a measurement function run in the worker on the loaded task."""
+
+from __future__ import annotations
+
+from batchtune.trial.process import TrialRunner
+
+
+def test_call_runs_in_the_child_with_the_workers_pythonpath(tasks, tmp_path):
+    # The module exists only under the worker's PYTHONPATH, so the call proves both the call path
+    # and that the worker's PYTHONPATH decides imports (bench --against-env relies on it).
+    (tmp_path / "bt_probe_module.py").write_text(
+        "import os\n"
+        "def where(task, train_set, val_set, *, tag):\n"
+        "    return {'file': __file__, 'pid': os.getpid(), 'tag': tag, 'train': len(train_set)}\n"
+        "def broken(task, train_set, val_set):\n"
+        "    raise RuntimeError('measurement failed\\nsecond line')\n"
+    )
+    with TrialRunner(str(tasks / "tiny_mlp.py"), env={"PYTHONPATH": str(tmp_path)}) as runner:
+        out = runner.call_task("bt_probe_module:where", {"tag": "x"}, timeout=120)
+        assert out["file"].startswith(str(tmp_path)) and out["tag"] == "x" and out["train"] == 512
+        assert out["pid"] == runner.pid
+        failed = runner.call_task("bt_probe_module:broken", {}, timeout=120)
+        assert failed == {"error": "RuntimeError: measurement failed"}
+        assert runner.alive()  # a failed call does not cost the worker
