@@ -25,7 +25,8 @@ from batchtune.units import (
 
 def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--trials", type=int, default=20, show_default=True, help="Trials the study should have in total (a rerun adds the missing ones)."),
+        click.option("--budget", type=float, default=None, help="Compute budget in trial-equivalents (full-length trials' worth of training), every phase counted [default: 30]."),
+        click.option("--trials", type=int, default=None, help="Trials the study should have in total (a rerun adds the missing ones) [default: as many as --budget allows; 20 under --objective pareto or time-to-target]."),
         click.option("--timeout", type=float, default=None, help="Stop starting new trials after this many seconds."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler and of every trial's model and data order."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
@@ -35,14 +36,16 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch-size-min", type=int, default=8, show_default=True),
         click.option("--batch-size-max", type=int, default=None, help="[default: the training set size, at most 1024]"),
         click.option("--batch-sizes", callback=int_list, default=None, help="Explicit list instead of powers of two, e.g. 16,48,96."),
-        click.option("--lr-min", type=float, default=1e-4, show_default=True),
-        click.option("--lr-max", type=float, default=0.3, show_default=True, help="LR range; under an --lr-rule, of the base LR at the reference batch."),
-        click.option("--lr-rule", type=click.Choice(["auto", "linear", "sqrt", "none"]), default="auto", show_default=True,
-                     help="Scale a base LR to each batch size: linear (SGD, Goyal et al. 2017), sqrt (Adam-type, Malladi et al. 2022); auto picks from the optimizer."),
+        click.option("--lr-min", type=float, default=None, help="Fixed LR range instead of the measured one (with --lr-max) [default: each cell's window from an LR range test; 1e-4 under --lr-rule or another objective]."),
+        click.option("--lr-max", type=float, default=None, help="Upper end of a fixed LR range [default: measured; 0.3 under --lr-rule or another objective]; under an --lr-rule, of the base LR at the reference batch."),
+        click.option("--lr-rule", type=click.Choice(["auto", "linear", "sqrt", "none"]), default=None,
+                     help="Scale a base LR to each batch size: linear (SGD, Goyal et al. 2017), sqrt (Adam-type, Malladi et al. 2022); auto picks from the optimizer [default: none under --objective metric, auto otherwise]."),
         click.option("--lr-reference-batch", type=int, default=None, help="Batch size of the base LR [default: 256, clipped into the searched range]."),
         click.option("--warmup-epochs", type=float, default=None, help="Linear LR warm-up per trial [default: 5% of the trial under the linear rule, else 0]."),
-        click.option("--objective", type=click.Choice(["pareto", "time-to-target"]), default="pareto", show_default=True,
-                     help="pareto: metric, throughput and memory; time-to-target: least training time to reach --target, with pruning."),
+        click.option("--objective", type=click.Choice(["metric", "pareto", "time-to-target"]), default="metric", show_default=True,
+                     help="metric: the budgeted search (LR range tests, successive halving, re-runs; speed from the cells); pareto: metric, throughput and memory; time-to-target: least training time to reach --target."),
+        click.option("--candidates", type=int, default=3, show_default=True, help="Configurations re-trained on fresh seeds before recommending (--objective metric)."),
+        click.option("--rerun-seeds", type=int, default=2, show_default=True, help="Fresh seeds per candidate; 0 states one seed's best-of-many (--objective metric)."),
         click.option("--target", type=float, default=None, help="Metric value whose time to reach each trial records, e.g. 0.95."),
         click.option("--accumulate", type=int, default=1, show_default=True,
                      help="Up to this many micro-batches per optimizer step: reaches batch sizes above the largest that fits (--batch-size-max)."),
@@ -103,26 +106,36 @@ def _run_search(config: Any, as_json: bool) -> None:
             f"{info['workers']} worker(s)",
             err=True,
         )
+        for size, why in (info.get("left_out") or {}).items():
+            click.echo(f"batch size {size} left out: {why}", err=True)
         if info.get("lr_rule") not in (None, "none"):
             click.echo(f"lr rule {info['lr_rule']}: --lr-min/--lr-max bound the base lr at batch {info['lr_reference_batch']}", err=True)
 
     def on_event(ev: Any) -> None:
         width = 20
-        filled = int(width * min(ev.done, ev.total) / max(1, ev.total))
+        share = ev.budget_used if ev.budget_used is not None else min(ev.done, ev.total) / max(1, ev.total)
+        filled = int(width * min(1.0, share))
         bar = "#" * filled + "-" * (width - filled)
+        count = f"{min(share, 9.99):>4.0%}" if ev.budget_used is not None else f"{ev.done:>3}/{ev.total}"
         p = ev.params
         what = f"batch {p['batch_size']:>5} lr {p['lr']:.2e} {p['norm']:<8}"
         if p.get("accumulate", 1) > 1:
             what += f" ({p['micro_batch']}x{p['accumulate']})"
         if ev.status == "ok":
             detail = f"metric {ev.metric:.4f}  {ev.throughput:>10,.0f} samples/s  {format_bytes(ev.peak_memory_bytes):>10}"
+        elif ev.status == "pruned" and ev.metric is not None:
+            detail = f"pruned at metric {ev.metric:.4f}"
         else:
             detail = f"{ev.status.upper()}: {(ev.reason or '')[:70]}"
         best = f"best {ev.best_metric:.4f}" if ev.best_metric is not None else "best -"
         with lock:
-            click.echo(f"[{bar}] {ev.done:>3}/{ev.total}  #{ev.number:<3} {what} {detail}  | {best}", err=True)
+            click.echo(f"[{bar}] {count}  #{ev.number:<3} {what} {detail}  | {best}", err=True)
 
-    result = run_search(config, on_event=on_event, on_start=on_start)
+    def on_phase(line: str) -> None:
+        with lock:
+            click.echo(f"== {line}", err=True)
+
+    result = run_search(config, on_event=on_event, on_start=on_start, on_phase=on_phase)
     render_result(result, as_json)
     if result.interrupted:
         click.echo("interrupted: the running trial was recorded as failed; the report covers what finished", err=True)
@@ -153,9 +166,27 @@ def render_result(result: Any, as_json: bool) -> None:
             click.echo(f"lr by batch size ({rec.lr_rule} rule, base {rec.base_lr:.3g} at batch {rec.lr_reference_batch}): {pairs}")
         if rec.lr_advice:
             click.echo(rec.lr_advice)
-    click.echo("")
-    click.echo("Pareto front:")
-    click.echo(trial_table(result.pareto))
+    summary = result.summary
+    for warning in summary.get("warnings") or []:
+        click.echo(f"warning: {warning}")
+    if summary.get("candidates"):
+        click.echo("")
+        click.echo("Candidates re-trained on fresh seeds:")
+        for c in summary["candidates"]:
+            q = c["params"]
+            mean = f"{c['mean']:.4g}" if c.get("mean") is not None else "failed"
+            spread = f" ± {c['spread']:.2g}" if c.get("spread") is not None else ""
+            click.echo(f"  trial {c['trial']:>3}  batch {q['batch_size']:>4} lr {q['lr']:.3g} {q['norm']:<6} "
+                       f"{mean}{spread} (its seed: {c['trial_metric']:.4g}; {c['why']})")
+    compute = summary.get("compute")
+    if compute:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in compute.get("spent_trial_equivalents", {}).items())
+        click.echo(f"Compute: {compute.get('total_trial_equivalents', 0):.1f} of {compute['trial_equivalents']:g} "
+                   f"trial-equivalents ({parts})")
+    if not result.pareto.empty:
+        click.echo("")
+        click.echo("Pareto front:")
+        click.echo(trial_table(result.pareto))
     click.echo("")
     for name, path in result.paths.items():
         if not name.startswith("plot:"):

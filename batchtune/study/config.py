@@ -9,8 +9,14 @@ from pathlib import Path
 from batchtune.errors import UsageError
 from batchtune.task.choices import AS_BUILT, NORM_CHOICES, PRECISIONS
 
-OBJECTIVES = ("pareto", "time-to-target")
+OBJECTIVES = ("metric", "pareto", "time-to-target")
 LR_RULES = ("auto", "linear", "sqrt", "none")
+# The compute budget of the default search, in trial-equivalents (batchtune.study.budget): about
+# 8% of an exhaustive grid of 6 batch sizes x 8 learning rates x 4 norms x 2 seeds.
+DEFAULT_BUDGET = 30.0
+# --trials under the other objectives (the default search is bounded by its budget instead).
+DEFAULT_TRIALS = 20
+UNBOUNDED_TRIALS = 100_000
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ class SearchConfig:
     """Everything ``batchtune search`` needs. Options mirror the CLI flags one to one."""
 
     task_path: str
-    trials: int = 20
+    trials: int | None = None  # None: bounded by --budget (metric), or 20 (pareto, time-to-target)
     timeout: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -73,8 +79,8 @@ class SearchConfig:
     batch_size_min: int = 8
     batch_size_max: int | None = None
     batch_sizes: tuple[int, ...] | None = None
-    lr_min: float = 1e-4
-    lr_max: float = 0.3
+    lr_min: float | None = None  # None: measured by the LR range test (metric), or 1e-4 (other objectives)
+    lr_max: float | None = None  # None: measured, or 0.3
     norms: tuple[str, ...] | None = None
     precisions: tuple[str, ...] = ("fp32",)
     epochs: float | None = 3.0
@@ -92,10 +98,13 @@ class SearchConfig:
     probe: bool = True
     headroom: float = 0.10
     plots: bool = True
-    lr_rule: str = "auto"  # auto | linear | sqrt | none (batchtune.study.lr_rule)
+    lr_rule: str | None = None  # auto | linear | sqrt | none; None: none under metric (measured), auto otherwise
     lr_reference_batch: int | None = None  # default: 256 clipped into the searched range
     warmup_epochs: float | None = None  # default: 5% of the trial budget under linear, else 0
-    objective: str = "pareto"  # pareto | time-to-target (batchtune.study.target)
+    objective: str = "metric"  # metric (budgeted, pruned, re-run) | pareto | time-to-target (batchtune.study.target)
+    budget: float | None = None  # compute budget in trial-equivalents (metric objective); None: DEFAULT_BUDGET
+    candidates: int = 3  # configurations re-trained on fresh seeds before recommending (metric objective)
+    rerun_seeds: int = 2  # fresh seeds per candidate (0: no re-runs)
     target: float | None = None  # metric value for time to target
     accumulate: int = 1  # most gradient-accumulation steps per optimizer step (1: off)
     doctor: bool = True  # run the batch doctor before the trials (batchtune.doctor.checks)
@@ -105,10 +114,46 @@ class SearchConfig:
     def study_name(self) -> str:
         return self.study or Path(self.task_path).stem
 
+    @property
+    def total_trials(self) -> int:
+        """The number of trials the study should have (filled in by :meth:`validated`)."""
+        return self.trials if self.trials is not None else DEFAULT_TRIALS
+
+    @property
+    def measured_lr(self) -> bool:
+        """The LR window of each cell comes from the LR range test (no --lr-min/--lr-max, no --lr-rule)."""
+        return self.objective == "metric" and self.lr_min is None and self.lr_max is None and self.lr_rule in (None, "none")
+
     def validated(self) -> SearchConfig:
         """Check every value; return a copy with defaults filled in."""
-        if self.trials < 1:
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--objective {self.objective!r} is not an objective; choose from {', '.join(OBJECTIVES)}")
+        metric = self.objective == "metric"
+        if self.trials is not None and self.trials < 1:
             raise UsageError(f"--trials {self.trials} must be at least 1")
+        if self.budget is not None and not metric:
+            raise UsageError(f"--budget is the compute budget of --objective metric, not of {self.objective}; drop it or use --trials")
+        if self.budget is not None and (not math.isfinite(self.budget) or self.budget < 1):
+            raise UsageError(f"--budget {self.budget:g} must be at least 1 trial-equivalent (one full-length trial)")
+        if self.candidates < 1:
+            raise UsageError(f"--candidates {self.candidates} must be at least 1")
+        if self.rerun_seeds < 0:
+            raise UsageError(f"--rerun-seeds {self.rerun_seeds} must be 0 (no re-runs) or more")
+        if (self.lr_min is None) != (self.lr_max is None) and metric and self.lr_rule in (None, "none"):
+            raise UsageError("give both --lr-min and --lr-max (a fixed LR range), or neither (the LR range test measures it)")
+        measured = self.measured_lr
+        return replace(
+            self,
+            trials=self.trials if self.trials is not None else (UNBOUNDED_TRIALS if metric else DEFAULT_TRIALS),
+            budget=(self.budget if self.budget is not None else DEFAULT_BUDGET) if metric else None,
+            lr_rule=self.lr_rule if self.lr_rule is not None else ("none" if metric else "auto"),
+            # Under the measured LR the range stays None: each cell's window comes from its range test.
+            lr_min=None if measured else (self.lr_min if self.lr_min is not None else 1e-4),
+            lr_max=None if measured else (self.lr_max if self.lr_max is not None else 0.3),
+        )._checked()
+
+    def _checked(self) -> SearchConfig:
+        """The checks of values that have defaults filled in."""
         if self.timeout is not None and self.timeout <= 0:
             raise UsageError(f"--timeout {self.timeout:g} must be a positive number of seconds")
         if self.trial_timeout is not None and self.trial_timeout <= 0:
@@ -118,9 +163,9 @@ class SearchConfig:
             if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
                 raise UsageError("--batch-sizes must be a comma-separated list of positive integers, e.g. 16,48,96")
         for name, value in (("--lr-min", self.lr_min), ("--lr-max", self.lr_max)):
-            if not math.isfinite(value) or value <= 0:
+            if value is not None and (not math.isfinite(value) or value <= 0):
                 raise UsageError(f"{name} {value:g} must be a positive learning rate such as 1e-3")
-        if self.lr_min >= self.lr_max:
+        if self.lr_min is not None and self.lr_max is not None and self.lr_min >= self.lr_max:
             raise UsageError(f"--lr-min {self.lr_min:g} must be below --lr-max {self.lr_max:g}")
         if self.norms is not None:
             unknown = [n for n in self.norms if n not in NORM_CHOICES + (AS_BUILT,)]
@@ -159,8 +204,6 @@ class SearchConfig:
                 f"--warmup-epochs {self.warmup_epochs:g} is not shorter than the trial (--epochs {self.epochs:g}); "
                 "lower it so the trial trains at its full learning rate"
             )
-        if self.objective not in OBJECTIVES:
-            raise UsageError(f"--objective {self.objective!r} is not an objective; choose from {', '.join(OBJECTIVES)}")
         if self.target is not None and not math.isfinite(self.target):
             raise UsageError(f"--target {self.target:g} must be a finite metric value such as 0.95")
         if self.objective == "time-to-target" and self.target is None:
@@ -176,4 +219,8 @@ class SearchConfig:
         if self.objective == "time-to-target" and self.eval_every is None:
             # Time to target and the pruner's rungs are resolved to evaluation points: a quarter epoch.
             return replace(self, eval_every=0.25)
+        if self.objective == "metric" and self.eval_every is None and self.epochs is not None:
+            # Successive halving judges trials at 1/9 and 1/3 of their budget (reduction factor 3):
+            # evaluate that often, never more than every quarter epoch.
+            return replace(self, eval_every=max(0.25, min(1.0, self.epochs / 9)))
         return replace(self)

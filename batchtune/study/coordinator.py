@@ -40,6 +40,7 @@ class TrialEvent:
     done: int
     total: int
     best_metric: float | None
+    budget_used: float | None = None  # share of the trials' compute budget spent (metric objective)
 
 
 def owner() -> dict[str, Any]:
@@ -150,7 +151,7 @@ def run_workers(
     progress: Progress,
     on_event: Callable[[TrialEvent], None] | None,
 ) -> tuple[bool, list[BaseException]]:
-    """Run ``workers`` worker threads until the study has ``cfg.trials`` counted trials.
+    """Run ``workers`` worker threads until the study has ``cfg.total_trials`` counted trials.
 
     Returns whether a Ctrl-C interrupted them, and the errors the threads raised.
     """
@@ -214,15 +215,15 @@ def worker_loop(
             return
         tally = Tally(study.get_trials(deepcopy=False))
         progress.seen(tally.done)
-        if tally.done >= cfg.trials:
+        if tally.done >= cfg.total_trials or _budget_spent(tally, plan):
             return
-        if tally.done + tally.running >= cfg.trials and not tally.waiting:
+        if tally.done + tally.running >= cfg.total_trials and not tally.waiting:
             # Others are running the last trials; wait in case one dies and is re-queued.
             time.sleep(1.0)
             optuna.storages.fail_stale_trials(study)
             reap_dead_local_trials(study)
             continue
-        trial = claim(study, cfg.trials, space, tally.trials)
+        trial = claim(study, cfg.total_trials, space, tally.trials)
         if trial is None:
             continue
         spec, base_lr = trial_spec(trial.params, cfg, plan, runner.device, threads)
@@ -256,8 +257,9 @@ def worker_loop(
                     peak_memory_bytes=result.peak_memory_bytes,
                     reason=result.reason,
                     done=progress.finished(result.status),
-                    total=cfg.trials,
+                    total=cfg.total_trials,
                     best_metric=best,
+                    budget_used=_budget_used(tally, plan, result),
                 )
             )
 
@@ -268,7 +270,8 @@ def trial_space(cfg: SearchConfig, plan: TrialPlan, norms: tuple[str, ...]) -> d
 
     space = {
         "batch_size": CategoricalDistribution(list(plan.sizes)),
-        plan.lr_param: FloatDistribution(cfg.lr_min, cfg.lr_max, log=True),
+        plan.lr_param: (FloatDistribution(0.0, 1.0) if plan.lr_bounds is not None
+                        else FloatDistribution(float(cfg.lr_min or 1e-4), float(cfg.lr_max or 0.3), log=True)),
         "norm": CategoricalDistribution(list(norms)),
     }
     if len(cfg.precisions) > 1:
@@ -283,7 +286,7 @@ def trial_spec(
     from batchtune.trial.train import TrialSpec
 
     batch_size = int(params["batch_size"])
-    base_lr, lr = plan.learning_rates(params[plan.lr_param], batch_size)
+    base_lr, lr = plan.lr_of(params, batch_size)
     split = plan.splits[batch_size]
     spec = TrialSpec(
         batch_size=split.micro,
@@ -300,6 +303,24 @@ def trial_spec(
         accumulate=split.steps,
     )
     return spec, base_lr
+
+
+def _budget_used(tally: Tally, plan: TrialPlan, result: Any) -> float | None:
+    if not plan.trial_budget:
+        return None
+    from batchtune.study.budget import spent_on_trials
+
+    return (spent_on_trials(tally.trials) + int(result.samples or 0)) / plan.trial_budget
+
+
+def _budget_spent(tally: Tally, plan: TrialPlan) -> bool:
+    """The trials' share of the budget is used up, counting each running trial at its full length."""
+    if plan.trial_budget is None:
+        return False
+    from batchtune.study.budget import spent_on_trials
+
+    full = max(plan.trial_samples, 1)
+    return spent_on_trials(tally.trials) + tally.running * full + full > plan.trial_budget + full // 2
 
 
 class Tally:

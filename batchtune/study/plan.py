@@ -24,9 +24,12 @@ class TrialPlan:
     rule: str  # linear | sqrt | none (resolved)
     reference: int | None  # the batch size of the base LR; None under rule "none"
     warmup_epochs: float
-    objective: str  # pareto | time-to-target
+    objective: str  # metric | pareto | time-to-target
     target: float | None
     mode: str  # max | min
+    lr_bounds: Any = None  # batchtune.study.lr_range.LrBounds: each cell's measured LR window
+    trial_budget: int | None = None  # samples the trials may train on in total (metric objective)
+    trial_samples: int = 0  # training samples of one full-length trial
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -34,8 +37,18 @@ class TrialPlan:
 
     @property
     def lr_param(self) -> str:
-        """The Optuna parameter name: ``base_lr`` under a rule, so a stored study says what it sampled."""
+        """The Optuna parameter name: ``base_lr`` under a rule, so a stored study says what it sampled;
+        ``lr_position`` (0 to 1 across the cell's measured window) under the LR range test."""
+        if self.lr_bounds is not None:
+            return "lr_position"
         return "lr" if self.rule == "none" else "base_lr"
+
+    def lr_of(self, params: dict[str, Any], batch_size: int) -> tuple[float, float]:
+        """(base LR, actual LR) of the sampled ``params`` at effective ``batch_size``."""
+        if self.lr_bounds is not None:
+            lr = self.lr_bounds.lr(batch_size, str(params["norm"]), float(params[self.lr_param]))
+            return lr, lr
+        return self.learning_rates(float(params[self.lr_param]), batch_size)
 
     def learning_rates(self, base_lr: float, batch_size: int) -> tuple[float, float]:
         """(base LR, actual LR) of a trial at effective ``batch_size``."""
@@ -43,8 +56,10 @@ class TrialPlan:
             return base_lr, base_lr
         return base_lr, lr_rule.scaled_lr(base_lr, self.rule, batch_size, self.reference)
 
-    def watch(self, trial: Any, effective_batch: int) -> CurveWatch | None:
-        """A report callback for the worker, when the objective is the time to target."""
+    def watch(self, trial: Any, effective_batch: int) -> CurveWatch | MetricWatch | None:
+        """A report callback for the worker: successive halving on the metric, or the time to target."""
+        if self.objective == "metric":
+            return MetricWatch(trial=trial, batch=effective_batch)
         if self.objective != "time-to-target" or self.target is None:
             return None
         return CurveWatch(trial=trial, batch=effective_batch, target=self.target, mode=self.mode)
@@ -58,7 +73,9 @@ class TrialPlan:
         return attrs
 
     def objective_values(self, result: Any) -> list[float] | None:
-        """The single objective value under time-to-target; None under pareto (the caller's three)."""
+        """The single objective value under metric and time-to-target; None under pareto (the caller's three)."""
+        if self.objective == "metric":
+            return [result.final_metric]
         if self.objective != "time-to-target" or self.target is None:
             return None
         out = tt.outcome(result.curve, self.target, self.mode, result.throughput)
@@ -114,4 +131,34 @@ class CurveWatch:
             result.reason = (
                 f"pruned by successive halving at {self.pruned_at:,} samples: metric {self.pruned_metric:.4g} was not "
                 f"among the best 1/{tt.REDUCTION_FACTOR} of the trials at that point, and short of the target {self.target:g}"
+            )
+
+
+@dataclass
+class MetricWatch:
+    """Successive halving on the validation metric (Li et al. 2018): the worker calls it at each evaluation.
+
+    The metric goes to Optuna's pruner as ``trial.report(value, samples seen)`` in the study's own
+    direction; a trial that is not among the best 1/3 at a rung stops there, and its samples are what
+    it cost the budget.
+    """
+
+    trial: Any
+    batch: int
+    pruned_at: int | None = None
+    pruned_metric: float | None = None
+
+    def __call__(self, step: int, value: float) -> bool:
+        samples = int(step) * self.batch
+        self.trial.report(value, samples)
+        if self.trial.should_prune():
+            self.pruned_at, self.pruned_metric = samples, value
+            return True
+        return False
+
+    def settle(self, result: Any) -> None:
+        if result.status == "pruned" and self.pruned_at is not None:
+            result.reason = (
+                f"pruned by successive halving at {self.pruned_at:,} samples: metric {self.pruned_metric:.4g} was not "
+                f"among the best 1/{tt.REDUCTION_FACTOR} of the trials at that point"
             )

@@ -42,6 +42,7 @@ TRIAL_COLUMNS = [
     "reached_target",
     "samples_to_target",
     "time_to_target",
+    "lr_position",
     "reason",
 ]
 
@@ -115,6 +116,7 @@ def trials_frame(study: Any) -> pd.DataFrame:
                 "reached_target": a.get("reached_target"),
                 "samples_to_target": a.get("samples_to_target"),
                 "time_to_target": a.get("time_to_target"),
+                "lr_position": t.params.get("lr_position"),
                 "reason": a.get("reason"),
             }
         )

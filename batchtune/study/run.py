@@ -13,7 +13,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +23,10 @@ from batchtune.study.coordinator import (
     Progress,
     TrialEvent,
     gpu_ids,
+    make_runner,
     reap_dead_local_trials,
     run_workers,
+    trial_spec,
 )
 from batchtune.study.results import status
 from batchtune.study.storage import default_storage, open_study
@@ -60,9 +62,12 @@ def search(
     *,
     on_event: Callable[[TrialEvent], None] | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
     write_report: bool = True,
 ) -> SearchResult:
     """Run (or resume) a study and write its report. See the README for every option.
+
+    ``on_phase`` is called with a line announcing each phase before it starts (the CLI prints it).
 
     Returns the :class:`SearchResult`; raises :class:`BatchtuneError` subclasses for bad input.
     KeyboardInterrupt marks the running trials interrupted, writes the report of what finished,
@@ -70,7 +75,7 @@ def search(
     """
     cfg = config.validated()
     with quiet_optuna():
-        return _search(cfg, on_event, on_start, write_report)
+        return _search(cfg, on_event, on_start, on_phase, write_report)
 
 
 @contextlib.contextmanager
@@ -106,35 +111,55 @@ class _Setup:
     workers: int
     threads: int
     url: str  # the storage URL, password included
+    left_out: dict[int, str]  # batch sizes the budget cannot judge, and why
+    chance: float | None  # the majority class's share of the validation set (default accuracy metric only)
 
 
 def _search(
     cfg: SearchConfig,
     on_event: Callable[[TrialEvent], None] | None,
     on_start: Callable[[dict[str, Any]], None] | None,
+    on_phase: Callable[[str], None] | None,
     write_report: bool,
 ) -> SearchResult:
     out_dir = Path(cfg.output_dir) / cfg.study_name if write_report else None
+    say = on_phase or (lambda line: log.info("%s", line))
+    say(f"loading and dry-running {cfg.task_path}")
     setup = _load_and_check(cfg, out_dir)
-    direction = "maximize" if setup.task.metric_mode == "max" else "minimize"
-    study = open_study(cfg, ["minimize"] if cfg.objective == "time-to-target" else [direction, "maximize", "minimize"])
-    plan = _plan_sizes(study, cfg, setup, out_dir)
-    _record_space_and_meta(study, cfg, setup, plan)
-    if cfg.doctor:
-        from batchtune.doctor.report import doctor_for_search
+    study = open_study(cfg, _directions(cfg, setup.task.metric_mode))
+    runner = None
+    try:
+        if cfg.objective == "metric":
+            runner = make_runner(cfg, setup.device, setup.gpus, 0, setup.threads)
+            plan, spend, warnings = _measure_before_trials(study, cfg, setup, runner, say)
+        else:
+            say("probing which batch sizes fit" if cfg.probe else "planning the trials")
+            plan, spend, warnings = _plan_sizes(study, cfg, setup, out_dir), None, []
+        _record_space_and_meta(study, cfg, setup, plan)
+        if cfg.doctor:
+            from batchtune.doctor.report import doctor_for_search
 
-        study.set_user_attr("doctor", doctor_for_search(str(setup.task.path), plan.sizes, setup.norms, setup.device, cfg.seed))
-    _recover_dead_trials(study)
-    if on_start:
-        on_start({"study": cfg.study_name, "storage": redact_url(setup.url), "device": str(setup.device),
-                  "norms": setup.norms, "batch_sizes": plan.sizes, "norm_note": setup.norm_note,
-                  "workers": setup.workers, "lr_rule": plan.rule, "lr_reference_batch": plan.reference,
-                  "objective": plan.objective})
-    interrupted = _run_trials(study, cfg, setup, plan, on_event)
+            say("running the batch doctor")
+            study.set_user_attr("doctor", doctor_for_search(str(setup.task.path), plan.sizes, setup.norms, setup.device,
+                                                            cfg.seed))
+        _recover_dead_trials(study)
+        if on_start:
+            on_start({"study": cfg.study_name, "storage": redact_url(setup.url), "device": str(setup.device),
+                      "norms": setup.norms, "batch_sizes": plan.sizes, "norm_note": setup.norm_note,
+                      "workers": setup.workers, "lr_rule": plan.rule, "lr_reference_batch": plan.reference,
+                      "objective": plan.objective, "left_out": setup.left_out, "trial_budget": plan.trial_budget,
+                      "trial_samples": plan.trial_samples})
+        interrupted = _run_trials(study, cfg, setup, plan, on_event)
+        if spend is not None and not interrupted and runner is not None:
+            _rerun_and_account(study, cfg, setup, plan, runner, spend, warnings, say)
+    finally:
+        if runner is not None:
+            runner.close()
     result = load_result(study, setup.url, cfg)
     if cfg.noise and not interrupted:
         from batchtune.noise.report import noise_for_search
 
+        say("measuring the gradient noise scale")
         study.set_user_attr("noise", noise_for_search(
             result, cfg, setup.device, Path(cfg.output_dir) / cfg.study_name, train_size=setup.train_size,
             family=setup.family,
@@ -146,6 +171,16 @@ def _search(
 
         result.paths = write_search_report(result, out_dir, plots=cfg.plots)
     return result
+
+
+def _directions(cfg: SearchConfig, metric_mode: str) -> list[str]:
+    """The study's objectives: the metric alone (default), the time to target, or metric, throughput and memory."""
+    direction = "maximize" if metric_mode == "max" else "minimize"
+    if cfg.objective == "metric":
+        return [direction]
+    if cfg.objective == "time-to-target":
+        return ["minimize"]
+    return [direction, "maximize", "minimize"]
 
 
 def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
@@ -170,6 +205,11 @@ def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
     train_size = len(make_dataset(task, "train"))
     val_size = len(make_dataset(task, "val"))
     sizes = batch_size_choices(cfg, train_size)
+    left_out: dict[int, str] = {}
+    if cfg.objective == "metric" and cfg.batch_sizes is None:
+        from batchtune.study.budget import judgeable_sizes, trial_samples
+
+        sizes, left_out = judgeable_sizes(sizes, trial_samples(cfg.epochs, cfg.budget_samples, train_size))
     family = optimizer_family(task)
     trial_plan(cfg, sizes, train_size, family, task.metric_mode)  # bad plan options fail before the study opens
     gpus = gpu_ids(cfg.device, device)
@@ -179,6 +219,7 @@ def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
         sizes=sizes, family=family, gpus=gpus, workers=workers,
         threads=cfg.threads or max(1, (os.cpu_count() or 1) // workers),
         url=cfg.storage or default_storage(cfg.study_name, cfg.studies_dir),
+        left_out=left_out, chance=None if task.custom_metric else majority_share(make_dataset(task, "val")),
     )
 
 
@@ -202,6 +243,117 @@ def _plan_sizes(study: Any, cfg: SearchConfig, setup: _Setup, out_dir: Path | No
         budget = cfg.budget_samples or (cfg.epochs or 1.0) * setup.train_size
         study.pruner = make_pruner(first_rung_samples(plan.sizes, setup.train_size, cfg.eval_every, budget))
     return plan
+
+
+def _measure_before_trials(
+    study: Any, cfg: SearchConfig, setup: _Setup, runner: Any, say: Callable[[str], None]
+) -> tuple[TrialPlan, Any, list[str]]:
+    """Phase 2 of the default search: each cell's speed and memory, then each cell's LR window, then the budget."""
+    from batchtune.study import measured
+    from batchtune.study.budget import Budget, Spend, trial_samples
+    from batchtune.trial.device import device_memory
+
+    full = trial_samples(cfg.epochs, cfg.budget_samples, setup.train_size)
+    assert cfg.budget is not None
+    budget = Budget(trial_equivalents=cfg.budget, trial_samples=full)
+    spend = Spend(budget)
+    warnings: list[str] = []
+    limit = cfg.memory_budget or (device_memory(setup.device) if setup.device.type != "cpu" else None)
+    cells = None
+    sizes = setup.sizes
+    if cfg.probe:
+        cells = measured.measure_speed(study, runner, cfg, sizes=sizes, norms=setup.norms, device=runner.device,
+                                       threads=setup.threads, budget=budget, limit_bytes=limit, on_phase=say)
+        spend.add("speed", cells.samples)
+        fitting = {c.batch_size for c in cells.fitting()}
+        dropped = [b for b in sizes if b not in fitting]
+        for b in dropped:
+            why = "; ".join(f"{c.norm}: {c.error or c.over_limit}" for c in cells.cells.values() if c.batch_size == b)
+            setup.left_out[b] = f"does not fit ({why})"
+        sizes = tuple(b for b in sizes if b in fitting)
+        if not sizes:
+            raise UsageError(
+                f"none of the batch sizes {', '.join(map(str, setup.sizes))} runs on {setup.device} "
+                f"({'; '.join(setup.left_out[b] for b in setup.sizes)}); pass smaller --batch-sizes, a larger "
+                "--memory-budget or a smaller --headroom"
+            )
+    plan = trial_plan(cfg, sizes, setup.train_size, setup.family, setup.task.metric_mode)
+    if cfg.measured_lr:
+        bounds, lr_samples = measured.measure_lr_windows(
+            study, runner, cfg, sizes=plan.sizes, norms=setup.norms, device=runner.device, threads=setup.threads,
+            family=setup.family, budget=budget, on_phase=say,
+        )
+        spend.add("lr_range", lr_samples)
+        plan = replace(plan, lr_bounds=bounds)
+    count, seeds = measured.reserve_reruns(cfg, budget)
+    reserved = count * seeds * full
+    from batchtune.study.target import make_pruner
+
+    # Rungs at 1/9 and 1/3 of a trial (reduction factor 3): a trial is judged after a ninth of its budget.
+    study.pruner = make_pruner(max(1, full // 9))
+    plan = replace(plan, trial_budget=measured.trial_budget(budget, spend, reserved, warnings), trial_samples=full)
+    study.set_user_attr("budget", {**spend.to_dict(), "reserved_reruns": {"candidates": count, "seeds": seeds},
+                                   "left_out": {str(b): why for b, why in setup.left_out.items()}})
+    return plan, spend, warnings
+
+
+def _rerun_and_account(
+    study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan, runner: Any, spend: Any, warnings: list[str],
+    say: Callable[[str], None],
+) -> None:
+    """Phase 6 of the default search: re-train the candidates on fresh seeds, then record the budget and warnings."""
+    from batchtune.study import measured
+    from batchtune.study.budget import spent_on_trials
+    from batchtune.study.cells import CellTable
+    from batchtune.study.recommend import default_tolerance
+    from batchtune.study.results import trials_frame
+
+    trials = trials_frame(study)
+    mode = setup.task.metric_mode
+    ok = trials[trials["status"] == "ok"]["metric"].dropna() if not trials.empty else trials
+    tol = cfg.tolerance or default_tolerance(ok, mode) if len(ok) else cfg.tolerance
+    best = float(ok.max() if mode == "max" else ok.min()) if len(ok) else 0.0
+    close = 2 * ((tol.value if tol.kind == "absolute" else tol.value * abs(best)) if tol is not None else 0.0)
+    stored_cells = study.user_attrs.get("cells")
+    cells = CellTable.from_dict(stored_cells) if stored_cells else None
+    count, seeds = measured.reserve_reruns(cfg, spend.budget)
+
+    fixed = replace(plan, lr_bounds=None, rule="none")  # the candidate's LR as it is, no window or rule
+
+    def spec_for(c: Any, seed: int) -> Any:
+        params = {"batch_size": c.batch_size, "norm": c.norm, "precision": c.precision, "lr": c.lr}
+        return trial_spec(params, replace(cfg, seed=seed), fixed, runner.device, setup.threads)[0]
+
+    candidates = measured.rerun_candidates(study, runner, cfg, plan, trials=trials, cells=cells, mode=mode, count=count,
+                                           seeds=seeds, spec_for=spec_for, close=close, on_phase=say)
+    spend.add("reruns", sum(c.samples for c in candidates))
+    bounds = plan.lr_bounds
+    warnings += measured.weak_answer_warnings(trials, candidates, mode=mode, tolerance=tol, chance=setup.chance,
+                                              bounds=bounds, rerun_seeds_=seeds)
+    stored = dict(study.user_attrs.get("budget") or {})
+    stored.update(spend.to_dict(trials_samples=spent_on_trials(study.get_trials(deepcopy=False))))
+    study.set_user_attr("budget", stored)
+    study.set_user_attr("warnings", warnings)
+
+
+def majority_share(dataset: Any) -> float | None:
+    """The share of the most frequent class among the targets (the accuracy of always guessing it), or None
+    when the targets are not integer class labels. Reads at most 5000 items."""
+    import torch
+
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) == 2:
+        targets = tensors[1]
+    else:
+        try:
+            items = [dataset[i][1] for i in range(min(len(dataset), 5000))]
+            targets = torch.as_tensor(items)
+        except Exception:  # targets that are not scalars (sequences, dicts): no chance level to state
+            return None
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.is_floating_point() or not len(targets):
+        return None
+    counts = torch.bincount(targets.long().clamp(min=0))
+    return float(counts.max()) / len(targets)
 
 
 def _record_space_and_meta(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan) -> None:
@@ -259,7 +411,7 @@ def _run_trials(
     study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan, on_event: Callable[[TrialEvent], None] | None
 ) -> bool:
     """Phase 5: the workers run trials until the study has its total; returns whether Ctrl-C stopped them."""
-    progress = Progress(cfg.trials, setup.task.metric_mode)
+    progress = Progress(cfg.total_trials, setup.task.metric_mode)
     for t in study.get_trials(deepcopy=False):
         if status(t) == "ok":
             progress.update(t.user_attrs["result"].get("final_metric"))
@@ -298,7 +450,7 @@ def trial_plan(
     splits = accumulation_plan(
         sizes, max_steps=cfg.accumulate, micro_max=micro_max, train_size=train_size, explicit=cfg.batch_sizes is not None
     )
-    rule = lr_rule.resolve_rule(cfg.lr_rule, family)
+    rule = lr_rule.resolve_rule(cfg.lr_rule or "auto", family)
     reference = None if rule == "none" else lr_rule.reference_batch(cfg.lr_reference_batch, tuple(splits))
     trial_epochs = cfg.epochs if cfg.budget_samples is None else cfg.budget_samples / train_size
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else lr_rule.default_warmup_epochs(rule, trial_epochs or 1.0)
@@ -378,13 +530,16 @@ def load_result(study: Any, url: str, cfg: SearchConfig | None = None) -> Search
     rule = space.get("lr_rule", "none")
     # LR advice follows the rule the study searched with; without one, the optimizer family's.
     family = {"linear": "sgd", "sqrt": "adaptive"}.get(rule, meta.get("optimizer_family", "sgd"))
-    if space.get("objective") == "time-to-target":
+    if space.get("objective") == "metric":
+        rec = _recommend_measured(study, trials, mode, tolerance, current, family)
+        front = front.iloc[0:0]  # one objective: speed and memory come from the cells, not a trial front
+    elif space.get("objective") == "time-to-target":
         rec = recommend_time_to_target(
             trials, mode=mode, target=float(space["target"]), current_batch_size=current, optimizer_family=family
         )
     else:
         rec = recommend(trials, mode=mode, tolerance=tolerance, current_batch_size=current, optimizer_family=family)
-    if rec is not None:
+    if rec is not None and space.get("objective") != "metric":
         sizes = list(space.get("batch_sizes") or []) + ([current] if current else [])
         rec = with_lr_table(rec, trials, rule=rule, reference=space.get("lr_reference_batch"), sizes=sizes)
     result = SearchResult(
@@ -398,3 +553,16 @@ def load_result(study: Any, url: str, cfg: SearchConfig | None = None) -> Search
     )
     result.summary = build_summary(result, meta, study)
     return result
+
+
+def _recommend_measured(study: Any, trials: Any, mode: str, tolerance: Any, current: int | None, family: str) -> Any:
+    """The default search's recommendation: from the re-run candidates and the cells' speed."""
+    from batchtune.study.candidates import Candidate
+    from batchtune.study.cells import CellTable
+    from batchtune.study.recommend import recommend_measured
+
+    candidates = [Candidate.from_dict(c) for c in study.user_attrs.get("candidates") or []]
+    stored = study.user_attrs.get("cells")
+    cells = CellTable.from_dict(stored) if stored else None
+    return recommend_measured(candidates, cells, trials, mode=mode, tolerance=tolerance, current_batch_size=current,
+                              optimizer_family=family)

@@ -141,7 +141,7 @@ def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True,
         multivariate=True,
         group=False,
         # A handful of random trials first; the default (10) is half of a typical 20-trial budget.
-        n_startup_trials=max(4, min(10, cfg.trials // 3)),
+        n_startup_trials=max(4, min(10, cfg.total_trials // 3)),
     )
     try:
         if create:

@@ -55,7 +55,17 @@ def build_summary(result: Any, meta: dict[str, Any], study: Any) -> dict[str, An
         "memory_budget_bytes": meta.get("memory_budget"),
         "environment": meta.get("environment", {}),
     }
-    for key in ("probe", "noise", "doctor"):
+    if "budget" in study.user_attrs:  # the compute budget; "budget" above is the per-trial budget (schema 1)
+        summary["compute"] = study.user_attrs["budget"]
+    for key in ("probe", "noise", "doctor", "candidates", "warnings"):
         if key in study.user_attrs:
             summary[key] = study.user_attrs[key]
+    if "lr_range" in study.user_attrs:
+        stored = study.user_attrs["lr_range"]
+        summary["lr_range"] = {"bounds": stored.get("bounds"), "steps": stored.get("steps"),
+                               "tests": [{k: t.get(k) for k in ("batch_size", "norm", "lr_at_min", "error")}
+                                         for t in stored.get("tests") or []]}
+    if "cells" in study.user_attrs:
+        stored = study.user_attrs["cells"]
+        summary["cells"] = [{k: v for k, v in c.items() if k != "ratios"} for c in stored.get("cells") or []]
     return _clean(summary)

@@ -168,7 +168,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
+def autocast(device: torch.device, precision: str) -> Any:
     if precision == "fp32":
         return contextlib.nullcontext()  # cheaper per step than a disabled autocast
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -190,7 +190,7 @@ def evaluate_at(
     metric_sum = 0.0
     loss_sum = 0.0
     count = 0
-    with torch.no_grad(), _autocast(device, precision):
+    with torch.no_grad(), autocast(device, precision):
         for inputs, target in eval_batches(dataset, batch_size):
             inputs = to_device(inputs, device)
             target = to_device(target, device)
@@ -309,7 +309,7 @@ def _train(
             inputs, target = next(batches)
             inputs = to_device(inputs, device, non_blocking=True)
             target = to_device(target, device, non_blocking=True)
-            with _autocast(device, spec.precision):
+            with autocast(device, spec.precision):
                 output = forward(model, inputs)
                 loss = task.loss_fn(output, target)
             if spec.accumulate > 1:

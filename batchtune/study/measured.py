@@ -1,0 +1,190 @@
+"""The phases of the default search that measure before and after the trials.
+
+Before: each cell's speed and memory (:mod:`batchtune.study.cells`) and each cell's LR window
+(:mod:`batchtune.study.lr_range`). After: the candidates re-trained on fresh seeds
+(:mod:`batchtune.study.candidates`). Each phase runs the user's code in one worker process, stores
+its result in the study (so a resume reuses it) and adds what it trained on to the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from batchtune.study.budget import Budget, Spend
+from batchtune.study.candidates import Candidate, choose, rerun_seeds
+from batchtune.study.cells import CellTable, measure_cells
+from batchtune.study.config import SearchConfig
+from batchtune.study.lr_range import STEPS as LR_STEPS
+from batchtune.study.lr_range import LrBounds, RangeTest, fit_bounds, sizes_to_test
+from batchtune.study.plan import TrialPlan
+
+log = logging.getLogger(__name__)
+
+Phase = Callable[[str], None]
+
+# The share of the budget each measuring phase may take before it measures less.
+SPEED_SHARE = 0.08
+LR_SHARE = 0.15
+RERUN_SHARE = 0.35
+
+
+def measure_speed(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tuple[int, ...], norms: tuple[str, ...],
+                  device: str, threads: int, budget: Budget, limit_bytes: int | None,
+                  on_phase: Phase | None = None) -> CellTable:
+    """Every cell's speed and memory, interleaved and calibrated; stored in (and reused from) the study."""
+    cells = [(b, n, p) for b in sizes for n in norms for p in cfg.precisions]
+    key = {"cells": [list(c) for c in cells], "device": device, "threads": threads, "limit": limit_bytes,
+           "headroom": cfg.headroom}
+    stored = study.user_attrs.get("cells")
+    if stored and stored.get("key") == key:
+        return CellTable.from_dict(stored)
+    per_visit = sum(b for b, _, _ in cells)
+    rounds, steps, warmup = 3, 6, 2
+    while rounds * (warmup + steps) * per_visit > SPEED_SHARE * budget.samples and (steps > 3 or rounds > 2):
+        if steps > 3:
+            steps -= 1
+        else:
+            rounds -= 1
+    if on_phase:
+        on_phase(f"speed and memory: {len(cells)} cells x {rounds} interleaved rounds of {steps} timed steps")
+    table = measure_cells(
+        lambda plan: runner.call_task("batchtune.gate.measure:measure_repeat", {"plan": plan}, timeout=cfg.trial_timeout),
+        cells, device=device, threads=threads, seed=cfg.seed, limit_bytes=limit_bytes, headroom=cfg.headroom,
+        rounds=rounds, steps=steps, warmup=warmup,
+    )
+    study.set_user_attr("cells", {**table.to_dict(), "key": key})
+    return table
+
+
+def measure_lr_windows(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tuple[int, ...], norms: tuple[str, ...],
+                       device: str, threads: int, family: str, budget: Budget,
+                       on_phase: Phase | None = None) -> tuple[LrBounds, int]:
+    """The LR window of every cell from range tests at a few sizes per norm; (bounds, samples spent)."""
+    tested = sizes_to_test(sizes)
+    key = {"sizes": list(sizes), "tested": list(tested), "norms": list(norms), "device": device, "family": family,
+           "precision": cfg.precisions[0]}
+    stored = study.user_attrs.get("lr_range")
+    if stored and stored.get("key") == key:
+        return LrBounds.from_dict(stored["bounds"]), int(stored.get("samples") or 0)
+    per_step = sum(tested) * len(norms)
+    steps = max(20, min(LR_STEPS, int(LR_SHARE * budget.samples / max(1, per_step))))
+    if on_phase:
+        on_phase(f"LR range tests: {len(norms)} norm(s) x batch {','.join(map(str, tested))}, {steps} steps each")
+    tests = []
+    for norm in norms:
+        for b in tested:
+            out = runner.call_task(
+                "batchtune.study.lr_range:range_test",
+                {"batch_size": b, "norm": norm, "precision": cfg.precisions[0], "device": device, "seed": cfg.seed,
+                 "family": family, "steps": steps, "threads": threads},
+                timeout=cfg.trial_timeout,
+            )
+            if "lrs" not in out:  # the worker failed: no signal from this cell
+                out = {"batch_size": b, "norm": norm, "lrs": (), "losses": (), "samples": 0, "error": out.get("error")}
+            tests.append(RangeTest(batch_size=b, norm=norm, lrs=tuple(out["lrs"]), losses=tuple(out["losses"]),
+                                   samples=int(out["samples"]), error=out.get("error")))
+    bounds = fit_bounds(tests, sizes, norms, family)
+    samples = sum(t.samples for t in tests)
+    study.set_user_attr("lr_range", {"key": key, "bounds": bounds.to_dict(), "samples": samples, "steps": steps,
+                                     "tests": [t.to_dict() for t in tests]})
+    return bounds, samples
+
+
+def reserve_reruns(cfg: SearchConfig, budget: Budget) -> tuple[int, int]:
+    """(candidates, seeds) the budget keeps for re-runs: fewer candidates when they would take over a third of it."""
+    candidates, seeds = cfg.candidates, cfg.rerun_seeds
+    while candidates > 1 and candidates * seeds * budget.trial_samples > RERUN_SHARE * budget.samples:
+        candidates -= 1
+    return candidates, seeds
+
+
+def trial_budget(budget: Budget, spend: Spend, reserved: int, warnings: list[str]) -> int:
+    """Samples left for the trials; at least two full trials, with a warning when that overshoots the budget."""
+    left = budget.samples - spend.total - reserved
+    if left < 2 * budget.trial_samples:
+        warnings.append(
+            f"the budget of {budget.trial_equivalents:g} trial-equivalents leaves {max(0.0, budget.equivalents(left)):.1f} "
+            "for the trials after measuring speed, LR windows and keeping the re-runs; 2 trials run anyway (the budget "
+            "is exceeded); raise --budget"
+        )
+        return 2 * budget.trial_samples
+    return left
+
+
+def rerun_candidates(study: Any, runner: Any, cfg: SearchConfig, plan: TrialPlan, *, trials: Any, cells: CellTable | None,
+                     mode: str, count: int, seeds: int, spec_for: Callable[[Candidate, int], Any],
+                     close: float, on_phase: Phase | None = None) -> list[Candidate]:
+    """Choose the candidates and re-train each on ``seeds`` fresh seeds; stored as the study's ``candidates``."""
+    speed = {}
+    if cells is not None:
+        speed = {(c.batch_size, c.norm, c.precision): c.throughput or 0.0 for c in cells.cells.values()}
+    chosen = choose(trials, mode=mode, close=close, speed=speed, count=count)
+    done: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for old in study.user_attrs.get("candidates") or []:
+        c = Candidate.from_dict(old)
+        done[(c.batch_size, c.norm, c.precision, round(c.lr, 12))] = old
+    fresh = rerun_seeds(cfg.seed, seeds)
+    if on_phase and chosen and seeds:
+        on_phase(f"re-training {len(chosen)} candidate(s) on {seeds} fresh seed(s) each")
+    out = []
+    for c in chosen:
+        old = done.get((c.batch_size, c.norm, c.precision, round(c.lr, 12)))
+        if old is not None and list(old.get("seeds") or []) == list(fresh):
+            out.append(replace(Candidate.from_dict(old), trial=c.trial, why=c.why, trial_metric=c.trial_metric))
+            continue
+        metrics: list[float | None] = []
+        failures: list[str] = []
+        samples = 0
+        for seed in fresh:
+            result = runner.run(spec_for(c, seed), timeout=cfg.trial_timeout)
+            samples += int(result.samples or 0)
+            ok = result.status == "ok" and result.final_metric is not None and math.isfinite(result.final_metric)
+            metrics.append(float(result.final_metric) if ok else None)
+            if not ok:
+                failures.append(f"seed {seed}: {result.status} ({result.reason})")
+        if not seeds:  # no re-runs asked for: the trial's own seed is all there is
+            metrics, fresh_used = [c.trial_metric], tuple([cfg.seed])
+        else:
+            fresh_used = fresh
+        out.append(replace(c, metrics=tuple(metrics), seeds=tuple(fresh_used), failures=tuple(failures), samples=samples))
+    study.set_user_attr("candidates", [c.to_dict() for c in out])
+    return out
+
+
+def weak_answer_warnings(trials: Any, candidates: list[Candidate], *, mode: str, tolerance: Any, chance: float | None,
+                         bounds: LrBounds | None, rerun_seeds_: int) -> list[str]:
+    """What makes this answer weak, each a sentence with what to do about it."""
+    out = []
+    full = trials[trials["status"] == "ok"] if not trials.empty else trials
+    if len(full) < 5:
+        out.append(f"only {len(full)} trial(s) trained to full length: too few to know the region around the best; "
+                   "raise --budget")
+    means = [c.mean for c in candidates if c.mean is not None]
+    if chance is not None and means and mode == "max":
+        best = max(means)
+        if best <= chance + 0.1 * (1 - chance):
+            out.append(f"the best candidate's metric {best:.4g} is near chance ({chance:.4g}): nothing learned well "
+                       "in this budget; raise --epochs, or check the task's data and loss")
+    if tolerance is not None:
+        for c in candidates:
+            if c.spread is not None and c.mean is not None:
+                limit = tolerance.value if tolerance.kind == "absolute" else tolerance.value * abs(c.mean)
+                if c.spread > limit:
+                    out.append(f"trial {c.trial}'s configuration varies by ±{c.spread:.4g} between seeds, more than the "
+                               f"{tolerance.describe()} tolerance: its ranking against the others is uncertain; raise "
+                               "--rerun-seeds")
+    if rerun_seeds_ == 0:
+        out.append("no re-runs (--rerun-seeds 0): the stated metric is one seed's best-of-many and over-states what "
+                   "re-training gives")
+    if bounds is not None and not trials.empty and "lr_position" in trials:
+        ok = trials[trials["status"] == "ok"].dropna(subset=["metric", "lr_position"])
+        if len(ok):
+            top = ok.sort_values("metric", ascending=(mode == "min")).iloc[0]
+            if float(top["lr_position"]) > 0.95:
+                out.append("the best trial's LR is at the top of its measured window: the best LR may lie above it; "
+                           "pass --lr-min/--lr-max to search a wider range")
+    return out

@@ -1,0 +1,79 @@
+"""Candidates re-trained on fresh seeds, and the recommendation made from their means and the cells' speed."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from batchtune.study.candidates import Candidate, choose, rerun_seeds
+from batchtune.study.cells import Cell, CellTable
+from batchtune.study.config import Tolerance
+from batchtune.study.recommend import recommend_measured
+
+
+def trials(rows):
+    cols = ["trial", "status", "feasible", "batch_size", "lr", "norm", "precision", "metric", "throughput",
+            "peak_memory_bytes"]
+    return pd.DataFrame([dict(zip(cols, r)) for r in rows], columns=cols)
+
+
+TRIALS = trials([
+    (0, "ok", True, 16, 0.01, "batch", "fp32", 0.985, 900.0, 10),
+    (1, "ok", True, 128, 0.1, "batch", "fp32", 0.978, 5000.0, 20),
+    (2, "ok", True, 32, 0.02, "group", "fp32", 0.980, 1500.0, 12),
+    (3, "pruned", True, 64, 0.5, "none", "fp32", 0.3, None, None),
+    (4, "ok", True, 16, 0.01, "batch", "fp32", 0.984, 950.0, 10),  # the same configuration as trial 0
+])
+SPEED = {(16, "batch", "fp32"): 1000.0, (128, "batch", "fp32"): 6000.0, (32, "group", "fp32"): 1800.0}
+
+
+def test_the_best_the_fastest_close_to_it_and_the_runner_up():
+    picked = choose(TRIALS, mode="max", close=0.01, speed=SPEED, count=3)
+    assert [(c.trial, c.why) for c in picked] == [(0, "best trial"), (1, "fastest cell close to the best"),
+                                                  (2, "runner-up")]
+    assert picked[0].trial_metric == pytest.approx(0.985)
+    # Without speeds, the runners-up by metric; a configuration already picked is not picked again.
+    assert [c.trial for c in choose(TRIALS, mode="max", close=0.01, speed={}, count=3)] == [0, 2, 1]
+    assert choose(TRIALS[TRIALS["status"] != "ok"], mode="max", close=0.01, speed={}) == []
+
+
+def test_mean_and_spread_come_from_the_fresh_seeds_only():
+    c = Candidate(trial=0, batch_size=16, lr=0.01, norm="batch", precision="fp32", trial_metric=0.99, why="best",
+                  metrics=(0.97, 0.98, None), seeds=(1000, 1001, 1002))
+    assert c.mean == pytest.approx(0.975)
+    assert c.spread == pytest.approx(0.005)
+    assert Candidate.from_dict(c.to_dict()) == c
+    assert rerun_seeds(5, 2) == (1005, 1006)
+
+
+def candidate(trial, batch, mean, norm="batch"):
+    return Candidate(trial=trial, batch_size=batch, lr=0.01, norm=norm, precision="fp32", trial_metric=mean + 0.005,
+                     why="x", metrics=(mean - 0.001, mean + 0.001), seeds=(1000, 1001))
+
+
+def table(*cells):
+    return CellTable(cells={c.key: c for c in cells})
+
+
+def speed_cell(batch, ratios):
+    return Cell(batch_size=batch, norm="batch", precision="fp32", ratios=tuple(tuple(r) for r in ratios), reference=0.001)
+
+
+def test_a_faster_candidate_within_the_tolerance_wins_only_beyond_the_timing_noise():
+    best, fast = candidate(0, 16, 0.985), candidate(1, 128, 0.979)
+    tol = Tolerance(0.01, "absolute")
+    clear = table(speed_cell(16, [[1.0]] * 4), speed_cell(128, [[2.0]] * 4))  # 128 is 4x faster per sample
+    rec = recommend_measured([best, fast], clear, TRIALS, mode="max", tolerance=tol)
+    assert rec.trial == 1 and rec.metric == pytest.approx(0.979)  # the stated metric is the fresh seeds' mean
+    assert rec.best_trial == 0 and "faster beyond the timing noise" in rec.reason
+    noisy = table(speed_cell(16, [[1.0], [8.0], [1.0]]), speed_cell(128, [[8.0], [2.0], [30.0]]))
+    rec = recommend_measured([best, fast], noisy, TRIALS, mode="max", tolerance=tol)
+    assert rec.trial == 0 and "can't tell" in rec.reason
+    far = candidate(1, 128, 0.96)
+    assert recommend_measured([best, far], clear, TRIALS, mode="max", tolerance=tol).trial == 0
+
+
+def test_no_finished_candidate_means_no_recommendation():
+    failed = Candidate(trial=0, batch_size=16, lr=0.01, norm="batch", precision="fp32", trial_metric=0.9, why="x",
+                       metrics=(None, None), seeds=(1000, 1001))
+    assert recommend_measured([failed], None, TRIALS, mode="max") is None

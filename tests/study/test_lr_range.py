@@ -1,0 +1,86 @@
+"""The LR range test: where the loss turns, the windows it gives, and the measured scaling exponent."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from batchtune.study.lr_range import LrBounds, RangeTest, fit_bounds, range_test, scaling_exponent, sizes_to_test
+from batchtune.task.contract import load_task, make_dataset
+
+
+def ramp(batch: int, norm: str, turn: float, n: int = 40) -> RangeTest:
+    """A synthetic ramp from 1e-5 whose loss falls until ``turn`` and climbs after it, 4x, then stops."""
+    lrs = [1e-5 * 10 ** (6 * i / (n - 1)) for i in range(n)]
+    losses = [2.0 - 1.5 * min(1.0, math.log(lr / 1e-5) / math.log(turn / 1e-5)) + max(0.0, 3 * math.log10(lr / turn))
+              for lr in lrs]
+    stop = next((i for i, v in enumerate(losses) if v > 4 * min(losses[: i + 1])), n - 1)
+    return RangeTest(batch_size=batch, norm=norm, lrs=tuple(lrs[: stop + 1]), losses=tuple(losses[: stop + 1]),
+                     samples=(stop + 1) * batch)
+
+
+def test_the_minimum_and_the_blowup_bound_the_window():
+    t = ramp(32, "batch", turn=0.1)
+    assert t.lr_at_min == pytest.approx(0.1, rel=0.5)
+    assert t.lr_at_blowup > t.lr_at_min
+    bounds = fit_bounds([t], [32], ["batch"], "sgd")
+    low, high = bounds.window(32, "batch")
+    assert low == pytest.approx(t.lr_at_min / 100)
+    assert high == pytest.approx(min(t.lr_at_blowup, 2 * t.lr_at_min))
+    assert bounds.lr(32, "batch", 0.0) == pytest.approx(low)
+    assert bounds.lr(32, "batch", 1.0) == pytest.approx(high)
+    assert low < bounds.lr(32, "batch", 0.5) < high
+
+
+def test_a_flat_ramp_gives_no_signal_and_the_fallback_window():
+    flat = RangeTest(batch_size=8, norm="none", lrs=tuple(1e-5 * 2**i for i in range(20)), losses=(2.3,) * 20, samples=160)
+    assert flat.lr_at_min is None
+    bounds = fit_bounds([flat], [8], ["none"], "sgd")
+    assert "8/none" not in bounds.windows
+    assert bounds.window(8, "none") == bounds.fallback
+
+
+def test_untested_sizes_are_interpolated_in_log_log_and_flat_beyond():
+    tests = [ramp(8, "batch", turn=0.01), ramp(128, "batch", turn=0.16)]
+    bounds = fit_bounds(tests, [4, 8, 32, 128, 512], ["batch"], "sgd")
+    low8, low128 = bounds.window(8, "batch")[0], bounds.window(128, "batch")[0]
+    assert bounds.window(32, "batch")[0] == pytest.approx(math.sqrt(low8 * low128), rel=1e-6)  # geometric middle
+    assert bounds.window(4, "batch") == bounds.window(8, "batch")
+    assert bounds.window(512, "batch") == bounds.window(128, "batch")
+    # The LR at the minimum grew 16x over 16x the batch: exponent 1 (linear scaling).
+    assert bounds.exponent == pytest.approx(1.0, abs=0.15)
+
+
+def test_scaling_exponent_recovers_a_known_slope_with_its_error():
+    points = {"batch": {b: 0.01 * b**0.5 for b in (8, 32, 128)}, "group": {b: 0.03 * b**0.5 for b in (8, 32, 128)}}
+    slope, se = scaling_exponent(points)
+    assert slope == pytest.approx(0.5)
+    assert se == pytest.approx(0.0, abs=1e-9)
+    noisy = {"batch": {8: 0.01, 32: 0.05, 128: 0.08}}
+    slope, se = scaling_exponent(noisy)
+    assert 0.3 < slope < 1.0 and se is not None and se > 0.01
+    assert scaling_exponent({"batch": {8: 0.1}}) == (None, None)
+
+
+def test_tested_sizes_are_the_ends_and_the_geometric_middle():
+    assert sizes_to_test([8, 16, 32, 64, 128]) == (8, 32, 128)
+    assert sizes_to_test([16, 64]) == (16, 64)
+
+
+def test_bounds_round_trip_through_the_study_attribute():
+    bounds = fit_bounds([ramp(8, "batch", turn=0.05)], [8], ["batch"], "sgd")
+    again = LrBounds.from_dict(bounds.to_dict())
+    assert again.window(8, "batch") == pytest.approx(bounds.window(8, "batch"), rel=1e-3)
+
+
+def test_range_test_on_a_real_model_finds_where_the_loss_turns(tasks):
+    task = load_task(tasks / "tiny_mlp.py")
+    out = range_test(task, make_dataset(task, "train"), None, batch_size=16, norm="batch", precision="fp32",
+                     device="cpu", seed=0, family="sgd", steps=40, threads=1)
+    t = RangeTest(**out)
+    assert t.error is None
+    assert t.samples == 16 * len(t.lrs)
+    assert t.lr_at_min is not None and 1e-5 < t.lr_at_min < 10
+    assert t.lrs == tuple(sorted(t.lrs))
+    assert min(t.losses) < t.losses[0]
