@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import itertools
+import logging
 import math
+import os
+import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,12 @@ from torch import nn
 from batchtune.errors import TaskError
 from batchtune.task.choices import AS_BUILT, NORM_CHOICES
 
+log = logging.getLogger(__name__)
+
 _module_counter = itertools.count()
+
+IMPORT_TIMEOUT = 120.0  # seconds a task file's import may take; BATCHTUNE_IMPORT_TIMEOUT overrides
+IMPORT_NOTICE = 10.0  # seconds of importing after which a warning says what is being loaded
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,12 @@ def default_optimizer(params: Any, lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=0.9)
 
 
-def load_task(path: str | Path) -> Task:
-    """Import a task file and return its callables, or raise :class:`TaskError` with the fix."""
+def load_task(path: str | Path, *, import_timeout: float | None = None) -> Task:
+    """Import a task file and return its callables, or raise :class:`TaskError` with the fix.
+
+    The import gives up after ``import_timeout`` seconds (default ``BATCHTUNE_IMPORT_TIMEOUT`` or 120):
+    module-level code that loops or waits for ever becomes a one-line error naming its line.
+    """
     path = Path(path)
     if not path.is_file():
         raise TaskError(
@@ -72,7 +87,7 @@ def load_task(path: str | Path) -> Task:
         )
     if path.suffix != ".py":
         raise TaskError(f"{path}: a task file must be a Python file ending in .py")
-    module = _import_file(path)
+    module = _import_file(path, _import_limit(import_timeout))
 
     def get(name: str, required: bool, signature: str) -> Any:
         value = getattr(module, name, None)
@@ -131,7 +146,84 @@ def load_task(path: str | Path) -> Task:
     )
 
 
-def _import_file(path: Path) -> Any:
+def _import_limit(value: float | None) -> float:
+    if value is not None:
+        return float(value)
+    raw = os.environ.get("BATCHTUNE_IMPORT_TIMEOUT")
+    try:
+        return float(raw) if raw else IMPORT_TIMEOUT
+    except ValueError:
+        raise TaskError(f"BATCHTUNE_IMPORT_TIMEOUT={raw!r} is not a number of seconds; set it to e.g. 300") from None
+
+
+class _ImportTimeout(BaseException):
+    """Raised into the importing thread when the task file's import runs past its limit.
+
+    A BaseException, so that a task file's own ``except Exception`` does not swallow it."""
+
+
+@contextlib.contextmanager
+def _time_limit(path: Path, limit: float) -> Iterator[None]:
+    """Warn after a while, then raise :class:`_ImportTimeout` in this thread after ``limit`` seconds.
+
+    In the main thread a SIGALRM timer (it also interrupts a blocking call such as ``time.sleep``);
+    elsewhere an asynchronous exception set by a timer thread (runs at the next bytecode).
+    """
+    if not math.isfinite(limit) or limit <= 0:
+        yield
+        return
+    notice_after = min(IMPORT_NOTICE, limit / 2)
+    notice = threading.Timer(notice_after, lambda: log.warning(
+        "still importing %s after %.3g s: its module-level code is running; batchtune gives up after %.3g s",
+        path, notice_after, limit))
+    notice.daemon = True
+    notice.start()
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    lock = threading.Lock()
+    state = {"done": False, "fired": False}
+    ident = threading.get_ident()
+
+    def fire(*_: Any) -> None:
+        if main:
+            raise _ImportTimeout()
+        import ctypes
+
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_ImportTimeout))
+
+    timer: threading.Timer | None = None
+    if main:
+        started = time.monotonic()
+        previous_handler = signal.signal(signal.SIGALRM, fire)
+        previous_timer = signal.setitimer(signal.ITIMER_REAL, limit)
+    else:
+        timer = threading.Timer(limit, fire)
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        notice.cancel()
+        if main:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_handler)
+            if previous_timer[0] > 0:  # someone else's alarm (pytest-timeout, ...) goes on with its remaining time
+                signal.setitimer(signal.ITIMER_REAL, max(1e-3, previous_timer[0] - (time.monotonic() - started)),
+                                 previous_timer[1])
+        else:
+            with lock:
+                state["done"] = True
+                assert timer is not None
+                timer.cancel()
+                if state["fired"]:  # set but maybe not yet delivered: take it back
+                    import ctypes
+
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+
+def _import_file(path: Path, limit: float = IMPORT_TIMEOUT) -> Any:
     name = f"_batchtune_task_{path.stem}_{next(_module_counter)}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -141,7 +233,15 @@ def _import_file(path: Path) -> Any:
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)
     try:
-        spec.loader.exec_module(module)
+        with _time_limit(path, limit):
+            spec.loader.exec_module(module)
+    except _ImportTimeout as exc:
+        line = _user_line(exc, path)
+        where = f" (its module-level code was running line {line[1:]})" if line else ""
+        raise TaskError(
+            f"{path}{line}: importing the file did not finish within {limit:g} s{where}; module-level code must "
+            "not loop or wait: move slow work into the functions, or raise BATCHTUNE_IMPORT_TIMEOUT"
+        ) from None
     except SyntaxError as exc:
         raise TaskError(f"{path}:{exc.lineno}: syntax error: {exc.msg}; fix that line and run again") from None
     except ImportError as exc:

@@ -176,3 +176,38 @@ def test_loading_does_not_touch_sys_path(tmp_path):
     load_task(write(tmp_path, GOOD))
     assert sys.path == before
     torch.manual_seed(0)
+
+
+# ------------------------------------------------------------------ a task file that never finishes importing (14.11)
+
+
+def test_import_that_loops_for_ever_gives_up_with_its_line(tmp_path, caplog):
+    path = write(tmp_path, "import time\nx = 0\nwhile True:\n    x += 1\n")
+    with pytest.raises(TaskError, match=r"task\.py:\d: importing the file did not finish within 1 s \(its module-level "
+                                        r"code was running line \d\); module-level code must not loop or wait"):
+        load_task(path, import_timeout=1)
+    assert any("still importing" in r.getMessage() and "task.py" in r.getMessage() for r in caplog.records)
+
+
+def test_import_that_sleeps_in_a_thread_gives_up(tmp_path):
+    import threading
+
+    path = write(tmp_path, "import time\nwhile True:\n    time.sleep(0.05)\n")
+    caught = []
+
+    def load():
+        try:
+            load_task(path, import_timeout=0.5)
+        except TaskError as exc:
+            caught.append(str(exc))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive() and "did not finish within 0.5 s" in caught[0]
+
+
+def test_import_limit_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHTUNE_IMPORT_TIMEOUT", "0.5")
+    with pytest.raises(TaskError, match=r"within 0.5 s"):
+        load_task(write(tmp_path, "while True:\n    pass\n"))
