@@ -352,8 +352,17 @@ def build_model(task: Task, norm: str) -> nn.Module:
             f"{task.path}: build_model() returned a {type(model).__name__}, not a torch.nn.Module; return the model"
         )
     if not task.takes_norm and norm not in ("batch", AS_BUILT):
-        model = convert_norm(model, norm)
+        from batchtune.task.norm import UnconvertibleNorm
+
+        try:
+            model = convert_norm(model, norm)
+        except UnconvertibleNorm as exc:
+            raise TaskError(f"{task.path}: build_model(): {exc}; {_NORM_FIX}, or search --norms batch") from None
     return model
+
+
+_NORM_FIX = ("add a `norm` argument to build_model that builds each normalization itself "
+             "(timm: create_model(..., norm_layer=...))")
 
 
 def build_optimizer(task: Task, model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -383,22 +392,59 @@ def optimizer_family(task: Task) -> str:
 
 
 def search_norms(task: Task, requested: Sequence[str] | None) -> tuple[tuple[str, ...], str]:
-    """The normalization choices to search and a note for the report."""
+    """The normalization choices to search and a note for the report.
+
+    Of the default choices, those the factory rejects (raises for) and, without a ``norm`` argument,
+    the swaps the model's layers do not allow are dropped, with a warning; named choices (``--norms``,
+    ``NORMS``) are kept, so the dry run reports what is wrong with them.
+    """
+    explicit = tuple(requested or task.file_norms or ())
     if task.takes_norm:
-        choices = tuple(requested or task.file_norms or NORM_CHOICES)
-        return choices, "build_model takes `norm`; each value is passed to it"
-    from batchtune.task.norm import count_batchnorm
+        note = "build_model takes `norm`; each value is passed to it"
+        if explicit:
+            return explicit, note
+        kept, dropped = [], []
+        for norm in NORM_CHOICES:
+            try:
+                build_model(task, norm)
+            except TaskError as exc:
+                dropped.append((norm, str(exc)))
+            else:
+                kept.append(norm)
+        if not kept:
+            raise TaskError(dropped[0][1])
+        if dropped:
+            reason = dropped[0][1].split(": ", 1)[-1].rsplit("; fix", 1)[0]
+            line = (f"build_model rejects norm {', '.join(n for n, _ in dropped)} ({reason}), so the default norms are "
+                    f"{', '.join(kept)}; pass --norms (or NORMS) to choose others")
+            log.warning("%s: %s", task.path, line)
+            note += f"; {line}"
+        return tuple(kept), note
+    from batchtune.task.norm import count_batchnorm, unconvertible_layers
 
     model = build_model(task, AS_BUILT)
     if count_batchnorm(model) == 0:
         return (AS_BUILT,), "the model has no BatchNorm layer and build_model takes no `norm`, so it is searched as built"
-    choices = tuple(requested or task.file_norms or NORM_CHOICES)
+    choices = explicit or NORM_CHOICES
     unknown = [n for n in choices if n not in NORM_CHOICES]
     if unknown:
         raise TaskError(
             f"{task.path}: norms {unknown} cannot be made by converting BatchNorm; choose from {list(NORM_CHOICES)}"
         )
-    return choices, "BatchNorm layers of each fresh model are converted (group: GroupNorm(gcd(32,C)), layer: GroupNorm(1,C), none: Identity)"
+    note = "BatchNorm layers of each fresh model are converted (group: GroupNorm(gcd(32,C)), layer: GroupNorm(1,C), none: Identity)"
+    odd = unconvertible_layers(model)
+    if odd:
+        name, kind = odd[0]
+        what = (f"{kind} at {name} is a BatchNorm subclass that may do more than normalize (an activation, a drop "
+                "path), so batchtune will not swap it")
+        if explicit and any(n != "batch" for n in explicit):
+            raise TaskError(f"{task.path}: build_model(): {what}; {_NORM_FIX}, or search --norms batch")
+        if not explicit:
+            line = f"{what}: only batch norm is searched; {_NORM_FIX} to search the others"
+            log.warning("%s: %s", task.path, line)
+            return ("batch",), line
+    return choices, note
+
 
 
 def dry_run(task: Task, norms: Sequence[str]) -> None:

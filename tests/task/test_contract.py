@@ -178,6 +178,30 @@ def test_loading_does_not_touch_sys_path(tmp_path):
     torch.manual_seed(0)
 
 
+# ------------------------------------------------------------------ the norms a factory rejects (issue 13)
+
+
+PARTIAL_NORMS = GOOD.replace(
+    'def build_model(norm="batch"):\n    return',
+    'def build_model(norm="batch"):\n    {"batch": 1, "layer": 2, "none": 3}[norm]\n    return',
+)
+
+
+def test_norms_the_factory_rejects_are_dropped_from_the_defaults(tmp_path, caplog):
+    task = load_task(write(tmp_path, PARTIAL_NORMS))
+    norms, note = search_norms(task, None)
+    assert norms == ("batch", "layer", "none")
+    assert "build_model rejects norm group (build_model(norm='group') raised KeyError: 'group')" in note
+    assert any("rejects norm group" in r.getMessage() for r in caplog.records)
+
+
+def test_a_named_norm_the_factory_rejects_is_still_an_error(tmp_path):
+    task = load_task(write(tmp_path, PARTIAL_NORMS))
+    norms, _ = search_norms(task, ["batch", "group"])
+    with pytest.raises(TaskError, match=r"build_model\(norm='group'\) raised KeyError: 'group'; fix build_model"):
+        dry_run(task, norms)
+
+
 # ------------------------------------------------------------------ a task file that never finishes importing (14.11)
 
 
