@@ -22,6 +22,8 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 def test_example_passes_the_contract_checks(path):
     if path.stem.startswith("digits"):
         pytest.importorskip("sklearn")
+    if path.stem.startswith("hf_"):
+        pytest.importorskip("transformers")
     task = load_task(path)
     norms, _ = search_norms(task, None)
     dry_run(task, norms)
