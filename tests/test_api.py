@@ -43,7 +43,8 @@ import batchtune
 def run_script(tmp_path, call):
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(SCRIPT.format(call=call)))
-    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          check=False)
 
 
 def test_unguarded_script_is_named_before_any_worker_starts(tmp_path):

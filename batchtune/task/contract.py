@@ -502,7 +502,7 @@ def split_batch(task: Task, batch: Any) -> tuple[Any, Any]:
 
 
 @functools.lru_cache(maxsize=256)
-def _names_parameter(cls: type, name: str) -> bool:
+def _names_parameter(cls: Any, name: str) -> bool:
     """Whether ``cls.forward`` has a parameter called ``name`` (``**kwargs`` alone does not count)."""
     try:
         return name in inspect.signature(cls.forward).parameters
@@ -517,7 +517,8 @@ def forward(model: nn.Module, inputs: Any, target_key: str | None = None) -> Any
     names that parameter (a Hugging Face model computes its loss from ``labels``).
     """
     if isinstance(inputs, Mapping):
-        if target_key is not None and target_key in inputs and not _names_parameter(type(model), target_key):
+        cls: Any = type(model)  # hashable, whatever mypy thinks of nn.Module's __hash__
+        if target_key is not None and target_key in inputs and not _names_parameter(cls, target_key):
             inputs = {k: v for k, v in inputs.items() if k != target_key}
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):

@@ -337,8 +337,9 @@ def test_target_reaches_a_model_whose_forward_names_it(tmp_path):
         logits = self.a(x)
         return {"logits": logits, "loss": nn.functional.cross_entropy(logits, label) * 0 + 123.0}""")
     task = check(write(tmp_path, body + "\nTARGET_KEY = 'label'\n"), norms=(AS_BUILT,))
-    from batchtune.task.contract import build_model, default_loss, forward, split_batch
     from torch.utils.data import default_collate
+
+    from batchtune.task.contract import build_model, default_loss, forward, split_batch
 
     inputs, target = split_batch(task, default_collate([make_dataset(task, "train")[i] for i in range(2)]))
     output = forward(build_model(task, AS_BUILT), inputs, task.target_key)

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from batchtune.task.contract import AS_BUILT, dry_run, load_task, make_dataset, search_norms
+from batchtune.task.contract import (
+    AS_BUILT,
+    dry_run,
+    load_task,
+    make_dataset,
+    search_norms,
+)
 from batchtune.trial.train import TrialSpec, run_trial
 
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"
@@ -84,7 +90,7 @@ def test_datasets_labels_out_of_range_are_read_from_the_column(tasks, tmp_path):
 def test_variable_length_lstm_with_collate_fn_trains_and_is_doctored(tasks):
     from batchtune.doctor.checks import diagnose
 
-    task, result = trained(tasks / "lstm_varlen.py")
+    task, _ = trained(tasks / "lstm_varlen.py")
     assert task.collate_fn is not None
     diagnosis = diagnose(task, batch_sizes=[8])
     assert diagnosis.exit_code == 0
