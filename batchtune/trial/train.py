@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -138,6 +139,11 @@ def _loader(dataset: Dataset, task: Task | None, batch_size: int, **kwargs: Any)
     if not options.get("num_workers"):
         options.pop("persistent_workers", None)
         options.pop("prefetch_factor", None)
+    elif "multiprocessing_context" not in options and sys.platform == "linux":
+        # batchtune's worker was spawned, so its default start method is spawn, which would have to
+        # pickle the task file's classes by a module name no other process can import. Fork, the
+        # Linux default a script of the user's own would get, needs no pickling.
+        options["multiprocessing_context"] = "fork"
     collate_fn = task.collate_fn if task is not None else None
     return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, **options, **kwargs)
 
