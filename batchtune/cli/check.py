@@ -29,9 +29,10 @@ def command(task: str, batch_size: int | None, norm: str | None, device: str, se
         raise click.BadParameter(f"{batch_size} must be a positive batch size, e.g. 32", param_hint="--batch-size")
     # The contract's dry run first, as `search` does: a task whose loss fails is broken, not "no errors".
     loaded = load_task(task)
-    dry_run(loaded, search_norms(loaded, [norm] if norm else None)[0])
-    diagnosis = diagnose_isolated(task=task, batch_sizes=[batch_size] if batch_size else None, norm=norm, device=device,
-                                  seed=seed)
+    norms = search_norms(loaded, [norm] if norm else None)[0]
+    dry_run(loaded, norms)
+    diagnosis = diagnose_isolated(task=task, batch_sizes=[batch_size] if batch_size else None, norm=norms[0],
+                                  device=device, seed=seed)
     if as_json:
         click.echo(json.dumps(diagnosis.to_dict(), indent=2))
     else:
