@@ -23,13 +23,16 @@ from batchtune.cli.options import (
 def command(task: str, batch_size: int | None, norm: str | None, device: str, seed: int, as_json: bool) -> None:
     """Check TASK's batches for pitfalls (the batch doctor). Exits 1 when a finding is an error."""
     from batchtune.doctor.report import diagnose_isolated, doctor_lines
-    from batchtune.task.contract import load_task
+    from batchtune.task.contract import dry_run, load_task, search_norms
 
     if batch_size is not None and batch_size < 1:
         raise click.BadParameter(f"{batch_size} must be a positive batch size, e.g. 32", param_hint="--batch-size")
-    load_task(task)  # a broken file is reported here, before a process starts
-    diagnosis = diagnose_isolated(task=task, batch_sizes=[batch_size] if batch_size else None, norm=norm, device=device,
-                                  seed=seed)
+    # The contract's dry run first, as `search` does: a task whose loss fails is broken, not "no errors".
+    loaded = load_task(task)
+    norms = search_norms(loaded, [norm] if norm else None)[0]
+    dry_run(loaded, norms)
+    diagnosis = diagnose_isolated(task=task, batch_sizes=[batch_size] if batch_size else None, norm=norms[0],
+                                  device=device, seed=seed)
     if as_json:
         click.echo(json.dumps(diagnosis.to_dict(), indent=2))
     else:

@@ -91,6 +91,10 @@ def command(task: str, **opts: Any) -> None:
     opts["precisions"] = opts["precisions"] or ("fp32",)
     opts["probe"] = not opts.pop("no_probe")
     config = SearchConfig(task_path=task, plots=plots, **opts)
+    from batchtune.trial.device import busy_machine
+
+    if busy := busy_machine(config.threads):
+        click.echo(f"warning: {busy}", err=True)
     _run_search(config, as_json)
 
 

@@ -12,7 +12,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -94,11 +94,12 @@ class Labels:
     complete: bool  # False when only a prefix of the dataset was read
 
 
-def read_labels(dataset: Any, budget: float = LABEL_TIME_BUDGET) -> Labels | None:
+def read_labels(dataset: Any, budget: float = LABEL_TIME_BUDGET, target_key: str | None = None) -> Labels | None:
     """The targets of a dataset as a 1-D array, or None when they are not one number per sample.
 
-    TensorDataset and datasets with a ``targets`` or ``labels`` attribute (torchvision's) are read
-    at once; anything else item by item, in index order, for at most ``budget`` seconds.
+    TensorDataset, datasets with a ``targets`` or ``labels`` attribute (torchvision's) and a Hugging
+    Face dataset's ``target_key`` column are read at once; anything else item by item, in index
+    order, for at most ``budget`` seconds (``item[target_key]`` of dict items, else ``item[1]``).
     """
     import torch
     from torch.utils.data import TensorDataset
@@ -107,6 +108,8 @@ def read_labels(dataset: Any, budget: float = LABEL_TIME_BUDGET) -> Labels | Non
     raw: Any = None
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         raw = dataset.tensors[1]
+    elif target_key is not None and target_key in (getattr(dataset, "column_names", None) or ()):
+        raw = list(dataset[target_key])
     else:
         for name in ("targets", "labels"):
             attr = getattr(dataset, name, None)
@@ -118,7 +121,11 @@ def read_labels(dataset: Any, budget: float = LABEL_TIME_BUDGET) -> Labels | Non
         items = []
         start = time.perf_counter()
         for i in range(n):
-            items.append(dataset[i][1])
+            item = dataset[i]
+            try:
+                items.append(item[target_key] if target_key is not None and isinstance(item, Mapping) else item[1])
+            except (KeyError, IndexError, TypeError):
+                return None  # items a collate_fn makes sense of: no labels to check
             if time.perf_counter() - start > budget:
                 complete = False
                 break
@@ -347,13 +354,13 @@ def check_loader(task: Any, dataset: Any, model: Any, batch_size: int, device: A
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from batchtune.task.contract import build_optimizer, forward
+    from batchtune.task.contract import build_optimizer, forward, split_batch
     from batchtune.trial.train import to_device
 
     if batch_size > len(dataset):
         return []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=0,
-                        generator=torch.Generator().manual_seed(seed))
+                        collate_fn=task.collate_fn, generator=torch.Generator().manual_seed(seed))
     it = iter(loader)
     first = next(it)
     load_times = []
@@ -367,14 +374,15 @@ def check_loader(task: Any, dataset: Any, model: Any, batch_size: int, device: A
         start = time.perf_counter()
         next(iter(loader))
         load_times.append(time.perf_counter() - start)
-    inputs, target = to_device(first[0], device), to_device(first[1], device)
+    inputs, target = split_batch(task, first)
+    inputs, target = to_device(inputs, device), to_device(target, device)
     optimizer = build_optimizer(task, model, 1e-4)
     model.train()
     compute_times = []
     for i in range(12):
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = task.loss_fn(forward(model, inputs), target)
+        loss = task.loss_fn(forward(model, inputs, task.target_key), target)
         loss.backward()
         optimizer.step()
         if device.type == "cuda":
@@ -462,7 +470,7 @@ def diagnose(
     model = build_model(task, chosen).to(dev)
     if chosen in ("batch", "as-built"):
         findings += check_batchnorm(model, n, sizes, other_norms)
-    labels = read_labels(train)
+    labels = read_labels(train, target_key=task.target_key)
     if labels is None:
         findings.append(Finding(
             "label-balance", "info", "the targets are not one number per sample, so the label checks were skipped",
@@ -478,7 +486,7 @@ def diagnose(
             ))
         if fitting:
             findings += check_label_balance(labels, fitting[0], seed=seed)
-        findings += check_sorted(labels, read_labels(val))
+        findings += check_sorted(labels, read_labels(val, target_key=task.target_key))
     if loader and fitting:
         try:
             findings += check_loader(task, train, model, fitting[-1], dev, seed=seed)

@@ -379,7 +379,7 @@ def _autocast(device_type: str, precision: str) -> Any:
     return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _first_batch(train_set: Any, plan: _Plan, device: Any) -> tuple[Any, Any]:
+def _first_batch(task: Any, train_set: Any, plan: _Plan, device: Any) -> tuple[Any, Any]:
     import torch
 
     from batchtune.trial.train import to_device, train_batches
@@ -387,7 +387,7 @@ def _first_batch(train_set: Any, plan: _Plan, device: Any) -> tuple[Any, Any]:
     n = len(train_set)
     if n < plan.batch_size:
         raise TaskError(f"--batch-size {plan.batch_size} is larger than the training set ({n} samples); lower it")
-    batches = train_batches(train_set, plan.batch_size, torch.Generator().manual_seed(plan.seed), pin=False)
+    batches = train_batches(train_set, plan.batch_size, torch.Generator().manual_seed(plan.seed), pin=False, task=task)
     inputs, target = next(batches)
     return to_device(inputs, device), to_device(target, device)
 
@@ -410,10 +410,10 @@ def count_flops(task: Any, train_set: Any, val_set: Any, *, plan: dict[str, Any]
         seed_everything(p.seed)
         model = build_model(task, p.norm).to(device)
         model.train()
-        inputs, target = _first_batch(train_set, p, device)
+        inputs, target = _first_batch(task, train_set, p, device)
         with FlopCounterMode(display=False) as counter:
             with _autocast(device.type, p.precision):
-                loss = task.loss_fn(forward(model, inputs), target)
+                loss = task.loss_fn(forward(model, inputs, task.target_key), target)
             loss.backward()
         return {"flops_per_sample": counter.get_total_flops() / p.batch_size}
 
@@ -510,7 +510,8 @@ def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> dict[str, 
     model.train()
     optimizer = build_optimizer(task, model, p.lr)
     scaler = torch.amp.GradScaler(device.type) if p.precision == "fp16" and device.type == "cuda" else None
-    batches = train_batches(train_set, p.batch_size, torch.Generator().manual_seed(p.seed), pin=device.type == "cuda")
+    batches = train_batches(train_set, p.batch_size, torch.Generator().manual_seed(p.seed), pin=device.type == "cuda",
+                            task=task)
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -518,7 +519,7 @@ def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> dict[str, 
         inputs = to_device(inputs, device, non_blocking=True)
         target = to_device(target, device, non_blocking=True)
         with _autocast(device.type, p.precision):
-            loss = task.loss_fn(forward(model, inputs), target)
+            loss = task.loss_fn(forward(model, inputs, task.target_key), target)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)

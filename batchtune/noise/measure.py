@@ -314,7 +314,7 @@ def _grads(task: Any, model: Any, inputs: Any, target: Any) -> tuple[list[Any], 
     from batchtune.task.contract import call_user, forward
 
     params = [p for p in model.parameters() if p.requires_grad]
-    output = call_user(task, "model(input)", forward, model, inputs)
+    output = call_user(task, "model(input)", forward, model, inputs, task.target_key)
     loss = call_user(task, "loss_fn(output, target)", task.loss_fn, output, target)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)], float(loss.detach())
@@ -334,7 +334,7 @@ class _Hessian:
 
         self.params = [p for p in model.parameters() if p.requires_grad]
         with _math_attention():
-            output = call_user(task, "model(input)", forward, model, inputs)
+            output = call_user(task, "model(input)", forward, model, inputs, task.target_key)
             loss = call_user(task, "loss_fn(output, target)", task.loss_fn, output, target)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         self.pairs = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -508,8 +508,8 @@ def measure_gradient_noise(
         model = build_model(task, chosen).to(dev)
         batchnorm_layers = len(_batchnorms(model))
         measure_gen = torch.Generator().manual_seed(seed + 1)
-        batches = train_batches(train, b_big, measure_gen, pin=False)
-        hessian_batches = train_batches(train, b_big, torch.Generator().manual_seed(seed + 3), pin=False) if curvature else None
+        batches = train_batches(train, b_big, measure_gen, pin=False, task=task)
+        hessian_batches = train_batches(train, b_big, torch.Generator().manual_seed(seed + 3), pin=False, task=task) if curvature else None
 
         def measure() -> tuple[float, NoiseEstimate, NoiseEstimate | None]:
             m = measure_norms(task, model, batches, b_small, b_big, steps, dev, bn_stats, hessian_batches)
@@ -538,10 +538,10 @@ def measure_gradient_noise(
             val_loss = val_metric = None
             steps_done = 0
             model.train()
-            for step, (inputs, target) in zip(range(total), train_batches(train, b_small, burst_gen, pin=False)):
+            for step, (inputs, target) in zip(range(total), train_batches(train, b_small, burst_gen, pin=False, task=task)):
                 inputs, target = to_device(inputs, dev), to_device(target, dev)
                 optimizer.zero_grad(set_to_none=True)
-                out = call_user(task, "model(input)", forward, model, inputs)
+                out = call_user(task, "model(input)", forward, model, inputs, task.target_key)
                 step_loss = task.loss_fn(out, target)
                 if not math.isfinite(float(step_loss.detach())):
                     raise BatchtuneError(

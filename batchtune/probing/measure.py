@@ -298,14 +298,14 @@ def _measure(
     model.train()
     optimizer = build_optimizer(task, model, _PROBE_LR)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and dev.type == "cuda" else None
-    batches = train_batches(train_set, batch_size, torch.Generator().manual_seed(seed), pin=dev.type == "cuda")
+    batches = train_batches(train_set, batch_size, torch.Generator().manual_seed(seed), pin=dev.type == "cuda", task=task)
 
     def forward_backward() -> None:
         inputs, target = next(batches)
         inputs = to_device(inputs, dev, non_blocking=True)
         target = to_device(target, dev, non_blocking=True)
         with _autocast(dev, precision):
-            loss = task.loss_fn(forward(model, inputs), target)
+            loss = task.loss_fn(forward(model, inputs, task.target_key), target)
         if scaler is not None:
             scaler.scale(loss).backward()
         else:
@@ -355,12 +355,12 @@ def _measure(
     out["eval_started"] = True
     trackers["eval"].start()
     if len(val_set) >= batch_size:
-        inputs, target = next(eval_batches(val_set, batch_size))
+        inputs, target = next(eval_batches(val_set, batch_size, task))
     else:
         inputs, target = next(batches)
     model.eval()
     with torch.no_grad(), _autocast(dev, precision):
-        task.loss_fn(forward(model, to_device(inputs, dev)), to_device(target, dev))
+        task.loss_fn(forward(model, to_device(inputs, dev), task.target_key), to_device(target, dev))
     synchronize(dev)
     stopped["eval"] = trackers["eval"].stop()
     model.train()

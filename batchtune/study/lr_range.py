@@ -88,7 +88,7 @@ def range_test(task: Any, train_set: Any, val_set: Any, *, batch_size: int, norm
         model = build_model(task, norm).to(dev)
         model.train()
         optimizer = build_optimizer(task, model, start)
-        batches = train_batches(train_set, batch_size, torch.Generator().manual_seed(seed), pin=False)
+        batches = train_batches(train_set, batch_size, torch.Generator().manual_seed(seed), pin=False, task=task)
         avg, best = 0.0, math.inf
         for i in range(steps):
             lr = start * (end / start) ** (i / max(1, steps - 1))
@@ -97,7 +97,7 @@ def range_test(task: Any, train_set: Any, val_set: Any, *, batch_size: int, norm
             inputs, target = next(batches)
             optimizer.zero_grad(set_to_none=True)
             with autocast(dev, precision):
-                loss = task.loss_fn(forward(model, to_device(inputs, dev)), to_device(target, dev))
+                loss = task.loss_fn(forward(model, to_device(inputs, dev), task.target_key), to_device(target, dev))
             loss.backward()
             optimizer.step()
             value = float(loss.detach())

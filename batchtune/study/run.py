@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -192,7 +191,7 @@ def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
         optimizer_family,
         search_norms,
     )
-    from batchtune.trial.device import resolve_device
+    from batchtune.trial.device import default_threads, resolve_device
 
     task = load_task(cfg.task_path)
     if out_dir is not None:
@@ -217,7 +216,7 @@ def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
     return _Setup(
         task=task, device=device, norms=norms, norm_note=norm_note, train_size=train_size, val_size=val_size,
         sizes=sizes, family=family, gpus=gpus, workers=workers,
-        threads=cfg.threads or max(1, (os.cpu_count() or 1) // workers),
+        threads=cfg.threads or default_threads(workers),
         url=cfg.storage or default_storage(cfg.study_name, cfg.studies_dir),
         left_out=left_out, chance=None if task.custom_metric else majority_share(make_dataset(task, "val")),
     )

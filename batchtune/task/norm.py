@@ -1,4 +1,11 @@
-"""Swapping the BatchNorm layers of a freshly built model for another normalization."""
+"""Swapping the BatchNorm layers of a freshly built model for another normalization.
+
+Only layers whose forward pass is known are converted: the exact torch BatchNorm classes, and timm's
+``BatchNormAct2d`` / ``SyncBatchNormAct`` (BatchNorm, then their ``drop`` and ``act`` modules, as in
+``timm/layers/norm_act.py``), whose drop and activation are kept behind the new norm. Any other
+subclass of BatchNorm may add behaviour (an activation, a drop path), so it is refused: replacing it
+by a bare GroupNorm would silently change what the model computes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,18 @@ from typing import Any
 from torch import nn
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+# timm's norm+activation layers: forward is batch_norm(x) -> self.drop(x) -> self.act(x).
+_NORM_ACT = {("timm.layers.norm_act", "BatchNormAct2d"), ("timm.layers.norm_act", "SyncBatchNormAct"),
+             ("timm.models.layers.norm_act", "BatchNormAct2d")}
+
+
+class UnconvertibleNorm(ValueError):
+    """A BatchNorm subclass whose extra behaviour the swap cannot keep; ``layer`` names it in the model."""
+
+    def __init__(self, layer: str, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.layer = layer
+        self.kind = kind
 
 
 def count_batchnorm(model: nn.Module) -> int:
@@ -15,8 +34,22 @@ def count_batchnorm(model: nn.Module) -> int:
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
-    """The BatchNorm layers (1d/2d/3d, SyncBatchNorm) of ``model``, in module order."""
+    """The BatchNorm layers (1d/2d/3d, SyncBatchNorm and their subclasses) of ``model``, in module order."""
     return [m for m in model.modules() if isinstance(m, _BATCHNORMS)]
+
+
+def _is_norm_act(module: nn.Module) -> bool:
+    cls = type(module)
+    return (cls.__module__, cls.__name__) in _NORM_ACT
+
+
+def unconvertible_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """``(name, class)`` of the BatchNorm subclasses the swap does not know, so will not convert."""
+    return [
+        (f"model.{name}" if name else "model", type(m).__name__)
+        for name, m in model.named_modules()
+        if isinstance(m, _BATCHNORMS) and type(m) not in _BATCHNORMS and not _is_norm_act(m)
+    ]
 
 
 def replacement(bn: nn.modules.batchnorm._NormBase, norm: str) -> nn.Module:
@@ -26,30 +59,63 @@ def replacement(bn: nn.modules.batchnorm._NormBase, norm: str) -> nn.Module:
     ``layer``: GroupNorm with one group, which normalizes each sample over (C, *), the layer-norm
     equivalent for every BatchNorm kind, with a per-channel affine like BatchNorm's.
     ``none``: Identity.
+    A timm norm+activation layer becomes ``Sequential(new norm, its drop, its act)``.
     """
     channels = bn.num_features
     if norm == "none":
-        return nn.Identity()
-    if norm == "group":
-        groups = math.gcd(32, channels)
-    elif norm == "layer":
-        groups = 1
+        new: nn.Module = nn.Identity()
     else:
-        raise ValueError(f"unknown normalization {norm!r}")
-    ref = bn.weight if bn.affine else bn.running_mean
-    kwargs: dict[str, Any] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-    return nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine, **kwargs)
+        if norm == "group":
+            groups = math.gcd(32, channels)
+        elif norm == "layer":
+            groups = 1
+        else:
+            raise ValueError(f"unknown normalization {norm!r}")
+        ref = bn.weight if bn.affine else bn.running_mean
+        kwargs: dict[str, Any] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+        new = nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine, **kwargs)
+    if _is_norm_act(bn):
+        return nn.Sequential(new, getattr(bn, "drop", nn.Identity()), getattr(bn, "act", nn.Identity()))
+    return new
 
 
 def convert_norm(model: nn.Module, norm: str) -> nn.Module:
-    """Replace every BatchNorm of ``model`` in place; call it only on a model built for this trial."""
+    """Replace every BatchNorm of ``model`` in place; call it only on a model built for this trial.
+
+    Raises :class:`UnconvertibleNorm` for a BatchNorm subclass of unknown behaviour, and checks that
+    every module other than the BatchNorm layers is still in the model afterwards.
+    """
     if norm == "batch":
         return model
+    unknown = unconvertible_layers(model)
+    if unknown:
+        name, kind = unknown[0]
+        raise UnconvertibleNorm(
+            name, kind,
+            f"{kind} at {name} is a subclass of BatchNorm that may do more than normalize (an activation, "
+            f"a drop path), so it cannot be swapped for {norm} norm without changing the model",
+        )
+    kept = {id(m): (f"model.{name}" if name else "model", type(m).__name__)
+            for name, m in model.named_modules() if not isinstance(m, _BATCHNORMS)}
+    converted = _convert(model, norm)
+    after = {id(m) for m in converted.modules()}
+    lost = [v for k, v in kept.items() if k not in after]
+    if lost:
+        name, kind = lost[0]
+        raise UnconvertibleNorm(
+            name, kind,
+            f"swapping BatchNorm for {norm} norm would remove {len(lost)} other module(s) from the model "
+            f"(first: {kind} at {name})",
+        )
+    return converted
+
+
+def _convert(model: nn.Module, norm: str) -> nn.Module:
     if isinstance(model, _BATCHNORMS):
         return replacement(model, norm)
     for name, child in list(model.named_children()):
         if isinstance(child, _BATCHNORMS):
             setattr(model, name, replacement(child, norm))
         else:
-            convert_norm(child, norm)
+            _convert(child, norm)
     return model

@@ -12,6 +12,8 @@ from torch.utils.data import TensorDataset
 # Optional settings.
 METRIC_MODE = "max"  # "max": higher metric is better (accuracy); "min": lower is better (error, loss)
 # NORMS = ["batch", "group"]  # restrict the normalization choices searched
+# TARGET_KEY = "label"  # items are dicts (Hugging Face datasets): the key of the target
+# DATALOADER = {"num_workers": 2}  # DataLoader settings; batchtune sets batch size and shuffling
 
 
 def _norm(kind, channels):
@@ -63,6 +65,12 @@ def loss_fn(output, target):
 # sample-weighted mean over the validation set.
 def metric(output, target):
     return (output.argmax(dim=-1) == target).float().mean().item()
+
+
+# Optional: make a batch of items yourself, e.g. pad sequences of different lengths.
+# def collate_fn(items):
+#     xs = torch.nn.utils.rnn.pad_sequence([x for x, _ in items], batch_first=True)
+#     return xs, torch.tensor([y for _, y in items])
 
 
 # Optional: the optimizer (default: SGD with momentum 0.9).

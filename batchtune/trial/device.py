@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 import sys
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 
 from batchtune.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -207,6 +210,48 @@ class _RssSampler:
         return max(self._peak, self.current())
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15 minute load averages (runnable processes), or None where the OS has none."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except (AttributeError, OSError):
+        return None
+    return one, five, fifteen
+
+
+def default_threads(workers: int) -> int:
+    """CPU threads per trial: the cores that other work leaves idle, split between the workers.
+
+    torch's default, one thread per core, collapses when other processes keep the cores busy: its
+    threads wait at every parallel region for the slowest one, which the scheduler has parked (on a
+    shared 2-core machine one trial ran 23x slower with 2 threads than with 1). So the cores the
+    1-minute load average leaves idle count, at least one per worker.
+    """
+    cores = available_cores()
+    load = load_average()
+    idle = cores if load is None else max(1, min(cores, round(cores - load[0])))
+    return max(1, idle // max(1, workers))
+
+
+def busy_machine(threads: int | None = None) -> str | None:
+    """A warning when the load average is above the cores: trials then compete for them."""
+    load = load_average()
+    cores = available_cores()
+    if load is None or load[0] <= cores:
+        return None
+    given = f"trials get {threads} CPU thread(s) each; " if threads else ""
+    return (f"this machine is busier than its cores (load average {load[0]:.2f} on {cores} cores): {given}"
+            "throughput and timings will be slow and noisy; run when it is idle, or pass --threads 1")
+
+
 def environment(device: torch.device, threads: int | None = None) -> dict[str, Any]:
     """The facts a bug report or a baseline needs."""
     import optuna
@@ -219,6 +264,8 @@ def environment(device: torch.device, threads: int | None = None) -> dict[str, A
         "device_memory_bytes": device_memory(device),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cores_available": available_cores(),
+        "load_average": list(load_average() or ()) or None,
         "threads": threads if threads is not None else torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -28,6 +28,10 @@ def _worker_main(conn: Any, task_path: str | None, env: dict[str, str]) -> None:
 
     # Ctrl-C goes to the whole process group; the coordinator decides what happens to the trial.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A task's DataLoader workers (DATALOADER num_workers) are children of this worker, and
+    # multiprocessing refuses children to a daemonic process. The flag only guards that here: the
+    # parent still kills this process when it exits, and the DataLoader stops its own workers.
+    mp.current_process()._config["daemon"] = False  # type: ignore[attr-defined]
     os.environ.update(env)
     if env.get("PYTHONPATH"):
         # A spawned child starts with its parent's sys.path; a PYTHONPATH given for this worker must

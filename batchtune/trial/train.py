@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,9 @@ from batchtune.task.contract import (
     build_model,
     build_optimizer,
     call_user,
+    collate_error,
     forward,
+    split_batch,
 )
 from batchtune.trial.device import MemoryTracker, synchronize
 from batchtune.trial.oom import is_oom, oom_reason, release_memory
@@ -119,23 +122,62 @@ def batch_len(target: Any, fallback: int) -> int:
     return fallback
 
 
-def _tensor_source(dataset: Dataset) -> tuple[torch.Tensor, ...] | None:
+def _tensor_source(dataset: Dataset, task: Task | None = None) -> tuple[torch.Tensor, ...] | None:
     """The tensors of a TensorDataset, which can be batched by indexing instead of item by item."""
+    if task is not None and task.collate_fn is not None:
+        return None  # the task's collate_fn makes its batches
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         return tuple(dataset.tensors)
     return None
 
 
+def _loader(dataset: Dataset, task: Task | None, batch_size: int, **kwargs: Any) -> DataLoader:
+    """A DataLoader with the task's collate_fn and DATALOADER settings; batchtune's own settings win."""
+    options: dict[str, Any] = dict(task.loader_options) if task is not None else {}
+    if "pin" in kwargs:
+        options.setdefault("pin_memory", kwargs.pop("pin"))
+    if not options.get("num_workers"):
+        options.pop("persistent_workers", None)
+        options.pop("prefetch_factor", None)
+    elif "multiprocessing_context" not in options and sys.platform == "linux":
+        # batchtune's worker was spawned, so its default start method is spawn, which would have to
+        # pickle the task file's classes by a module name no other process can import. Fork, the
+        # Linux default a script of the user's own would get, needs no pickling.
+        options["multiprocessing_context"] = "fork"
+    collate_fn = task.collate_fn if task is not None else None
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, **options, **kwargs)
+
+
+def _batches(loader: DataLoader, task: Task | None, function: str) -> Iterator[tuple[Any, Any]]:
+    """One pass over ``loader``, each batch split into (inputs, target); torch.stack's failure on
+    inputs of different lengths becomes the one line that names the fix (a collate_fn)."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if task is None:
+                raise
+            raise collate_error(task, function, exc) from None
+        if task is None:
+            yield batch[0], batch[1]
+        else:
+            yield split_batch(task, batch)
+
+
 def train_batches(
-    dataset: Dataset, batch_size: int, generator: torch.Generator, pin: bool
+    dataset: Dataset, batch_size: int, generator: torch.Generator, pin: bool, task: Task | None = None
 ) -> Iterator[tuple[Any, Any]]:
     """Shuffled batches with drop_last, epoch after epoch, forever.
 
     A TensorDataset is batched by indexing its tensors with a random permutation (the same batches
     a shuffled DataLoader would give, without collating item by item); anything else goes through a
-    DataLoader, so random augmentations in ``__getitem__`` keep working.
+    DataLoader, so random augmentations in ``__getitem__`` keep working. ``task`` brings its
+    ``collate_fn``, ``TARGET_KEY`` and ``DATALOADER`` settings.
     """
-    tensors = _tensor_source(dataset)
+    tensors = _tensor_source(dataset, task)
     n = len(dataset)  # type: ignore[arg-type]
     if tensors is not None:
         while True:
@@ -143,23 +185,19 @@ def train_batches(
             for start in range(0, n - batch_size + 1, batch_size):
                 idx = perm[start : start + batch_size]
                 yield tensors[0][idx], tensors[1][idx]
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator, pin_memory=pin
-    )
+    loader = _loader(dataset, task, batch_size, shuffle=True, drop_last=True, generator=generator, pin=pin)
     while True:
-        for batch in loader:
-            yield batch[0], batch[1]
+        yield from _batches(loader, task, "train_dataset()")
 
 
-def eval_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[Any, Any]]:
-    tensors = _tensor_source(dataset)
+def eval_batches(dataset: Dataset, batch_size: int, task: Task | None = None) -> Iterator[tuple[Any, Any]]:
+    tensors = _tensor_source(dataset, task)
     if tensors is not None:
         n = len(dataset)  # type: ignore[arg-type]
         for start in range(0, n, batch_size):
             yield tensors[0][start : start + batch_size], tensors[1][start : start + batch_size]
         return
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        yield batch[0], batch[1]
+    yield from _batches(_loader(dataset, task, batch_size, shuffle=False), task, "val_dataset()")
 
 
 def seed_everything(seed: int) -> None:
@@ -191,10 +229,10 @@ def evaluate_at(
     loss_sum = 0.0
     count = 0
     with torch.no_grad(), autocast(device, precision):
-        for inputs, target in eval_batches(dataset, batch_size):
+        for inputs, target in eval_batches(dataset, batch_size, task):
             inputs = to_device(inputs, device)
             target = to_device(target, device)
-            output = forward(model, inputs)
+            output = forward(model, inputs, task.target_key)
             n = batch_len(target, batch_size)
             metric_sum += float(call_user(task, "metric(output, target)", task.metric, output, target)) * n
             loss_sum += float(task.loss_fn(output, target)) * n
@@ -285,7 +323,7 @@ def _train(
     timing_warmup = min(spec.warmup_steps, total_steps // 4)
     # On an asynchronous device, synchronise only every few steps so timing does not stall the queue.
     window = 1 if device.type == "cpu" else max(1, min(10, (total_steps - timing_warmup) // 10))
-    batches = train_batches(train_set, micro, generator, pin=device.type == "cuda")
+    batches = train_batches(train_set, micro, generator, pin=device.type == "cuda", task=task)
     result.setup_time = time.perf_counter() - start
 
     window_times: list[float] = []
@@ -310,7 +348,7 @@ def _train(
             inputs = to_device(inputs, device, non_blocking=True)
             target = to_device(target, device, non_blocking=True)
             with autocast(device, spec.precision):
-                output = forward(model, inputs)
+                output = forward(model, inputs, task.target_key)
                 loss = task.loss_fn(output, target)
             if spec.accumulate > 1:
                 loss = loss / spec.accumulate

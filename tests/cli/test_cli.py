@@ -82,3 +82,37 @@ def test_help_does_not_import_heavy_modules():
 def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "batchtune", "--version"], capture_output=True, text=True, check=True)
     assert "batchtune" in out.stdout
+
+
+BROKEN_LOSS = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+def build_model():
+    return nn.Linear(4, 2)
+
+def train_dataset():
+    return TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
+
+def val_dataset():
+    return TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+
+def loss_fn(output, target):
+    return output.sum() + target  # not a scalar: fails on every batch
+"""
+
+
+def test_check_runs_the_dry_run_first(cli, workdir):
+    (workdir / "task.py").write_text(BROKEN_LOSS)
+    result = cli("check", "task.py")
+    assert "loss_fn(output, target) returned (2,), not a scalar tensor" in one_line_error(result, 2)
+
+
+def test_check_refuses_variable_length_data_without_collate_fn(cli, workdir):
+    (workdir / "task.py").write_text(BROKEN_LOSS.replace(
+        "TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))",
+        "[(torch.ones(2 + i % 3), i % 2) for i in range(64)]").replace("nn.Linear(4, 2)", "nn.LazyLinear(2)"))
+    result = cli("check", "task.py")
+    assert "have inputs of different shapes" in one_line_error(result, 2)
+    assert "define collate_fn(items)" in result.output

@@ -108,7 +108,8 @@ def test_item_not_a_pair(tmp_path):
 
 def test_output_does_not_fit_loss(tmp_path):
     body = GOOD.replace("nn.Linear(8, 2))", "nn.Linear(8, 2), nn.Flatten(0))")
-    with pytest.raises(TaskError, match=r"loss_fn\(output, target\) raised .*; fix loss_fn"):
+    with pytest.raises(TaskError, match=r"loss_fn\(output, target\) raised .*; the default loss is cross-entropy of "
+                       r"the logits \(Tensor \(4,\)\) against the target \(Tensor \(2,\)\): return logits of shape"):
         check(write(tmp_path, body))
 
 
@@ -176,3 +177,295 @@ def test_loading_does_not_touch_sys_path(tmp_path):
     load_task(write(tmp_path, GOOD))
     assert sys.path == before
     torch.manual_seed(0)
+
+
+# ------------------------------------------------------------------ outputs, targets and batches (issue 13, 14)
+
+PAIRS = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+def build_model():
+    return nn.Linear(4, 3)
+
+def train_dataset():
+    return TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,)))
+
+def val_dataset():
+    return TensorDataset(torch.randn(8, 4), torch.randint(0, 3, (8,)))
+"""
+
+
+def test_tuple_output_names_the_tuple_not_the_loss(tmp_path):
+    body = PAIRS + """
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+    def forward(self, x):
+        return self.a(x), x
+
+def build_model():
+    return M()
+
+def loss_fn(output, target):
+    return nn.functional.cross_entropy(output, target)
+"""
+    with pytest.raises(TaskError, match=r"the model output is a tuple \(Tensor \(2, 3\), Tensor \(2, 4\)\): return the "
+                                        r"logits from forward, or take the part you need in loss_fn"):
+        check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+def test_tuple_output_uses_its_first_tensor_with_the_default_loss(tmp_path):
+    body = PAIRS + """
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+    def forward(self, x):
+        return self.a(x), x
+
+def build_model():
+    return M()
+"""
+    check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+def test_labels_out_of_range_are_named(tmp_path):
+    body = PAIRS.replace("torch.randint(0, 3, (16,))", "torch.arange(16) % 5")
+    with pytest.raises(TaskError, match=r"train_dataset\(\) has labels outside \[0, 3\): they range over \[0, 4\], "
+                                        r"and the model outputs 3 values per sample; make it output 5"):
+        check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+def test_labels_out_of_range_with_a_custom_loss(tmp_path):
+    body = PAIRS.replace("torch.randint(0, 3, (16,))", "torch.arange(16) + 3") + """
+def loss_fn(output, target):
+    return nn.functional.cross_entropy(output, target)
+"""
+    with pytest.raises(TaskError, match=r"raised IndexError: .*out of bounds.*; the labels are outside \[0, 3\)"):
+        check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+def test_inf_metric_is_refused(tmp_path):
+    body = PAIRS + "\ndef metric(output, target):\n    return float('inf')\n"
+    with pytest.raises(TaskError, match=r"metric\(output, target\) returned inf on a fresh model; return a finite number"):
+        check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+REGRESSION = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+METRIC_MODE = "min"
+
+def build_model():
+    return nn.Linear(4, 1)
+
+def train_dataset():
+    return TensorDataset(torch.randn(16, 4), torch.randn(16))
+
+def val_dataset():
+    return TensorDataset(torch.randn(8, 4), torch.randn(8))
+
+def metric(output, target):
+    return float((output.squeeze(-1) - target).abs().mean())
+"""
+
+
+def test_shapes_that_only_broadcast_are_refused(tmp_path):
+    body = REGRESSION + "\ndef loss_fn(output, target):\n    return nn.functional.mse_loss(output, target)\n"
+    with pytest.raises(TaskError, match=r"the model output \(2, 1\) and the target \(2,\) only agree by broadcasting "
+                                        r"\(to \(2, 2\)\).*return output.squeeze\(-1\) from forward"):
+        check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+def test_hand_written_loss_that_broadcasts_is_refused(tmp_path):
+    body = REGRESSION + "\ndef loss_fn(output, target):\n    return ((output - target) ** 2).mean()\n"
+    with pytest.raises(TaskError, match=r"only agree by broadcasting"):
+        check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+def test_loss_that_squeezes_for_itself_is_accepted(tmp_path):
+    body = REGRESSION + "\ndef loss_fn(output, target):\n    return nn.functional.mse_loss(output.squeeze(-1), target)\n"
+    check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+DICT_ITEMS = """
+import torch
+from torch import nn
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 12
+    def __getitem__(self, i):
+        return {"x": torch.full((4,), float(i)), "label": torch.tensor(i % 2)}
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+    def forward(self, x):
+        return {"logits": self.a(x)}
+
+def build_model():
+    return M()
+
+def train_dataset():
+    return Data()
+
+def val_dataset():
+    return Data()
+"""
+
+
+def test_dict_items_need_a_target_key(tmp_path):
+    with pytest.raises(TaskError, match=r"train_dataset\(\)\[0\] is a dict with keys \['x', 'label'\], not an \(input, "
+                                        r"target\) pair; set TARGET_KEY = 'label' in the task file"):
+        load_and_make(write(tmp_path, DICT_ITEMS))
+
+
+def test_dict_items_with_a_target_key_and_dict_output_train(tmp_path):
+    task = check(write(tmp_path, DICT_ITEMS + "\nTARGET_KEY = 'label'\n"), norms=(AS_BUILT,))
+    assert task.target_key == "label"
+
+
+def test_target_reaches_a_model_whose_forward_names_it(tmp_path):
+    body = DICT_ITEMS.replace("def forward(self, x):\n        return {\"logits\": self.a(x)}", """def forward(self, x, label=None):
+        logits = self.a(x)
+        return {"logits": logits, "loss": nn.functional.cross_entropy(logits, label) * 0 + 123.0}""")
+    task = check(write(tmp_path, body + "\nTARGET_KEY = 'label'\n"), norms=(AS_BUILT,))
+    from torch.utils.data import default_collate
+
+    from batchtune.task.contract import build_model, default_loss, forward, split_batch
+
+    inputs, target = split_batch(task, default_collate([make_dataset(task, "train")[i] for i in range(2)]))
+    output = forward(build_model(task, AS_BUILT), inputs, task.target_key)
+    assert default_loss(output, target).item() == 123.0  # the model's own loss, computed from the target
+
+
+def test_python_lists_in_dict_items_name_with_format(tmp_path):
+    body = DICT_ITEMS.replace('{"x": torch.full((4,), float(i)), "label": torch.tensor(i % 2)}',
+                              '{"x": [float(i)] * 4, "label": i % 2}')
+    with pytest.raises(TaskError, match=r"holds a list under 'x', not a tensor; call .with_format\(\"torch\"\)"):
+        load_and_make(write(tmp_path, body + "\nTARGET_KEY = 'label'\n"))
+
+
+VARLEN = """
+import torch
+from torch import nn
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 12
+    def __getitem__(self, i):
+        return torch.ones(2 + i % 3), i % 2
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(1, 2)
+    def forward(self, x):
+        return self.a(x.mean(1, keepdim=True))
+
+def build_model():
+    return M()
+
+def train_dataset():
+    return Data()
+
+def val_dataset():
+    return Data()
+"""
+
+
+def test_variable_length_without_collate_fn_names_the_fix(tmp_path):
+    with pytest.raises(TaskError, match=r"items of train_dataset\(\) have inputs of different shapes \(\[2\] at entry 0 "
+                                        r"and \[3\] at entry 1\).*define collate_fn\(items\) in the task file"):
+        check(write(tmp_path, VARLEN), norms=(AS_BUILT,))
+
+
+def test_variable_length_with_collate_fn_trains(tmp_path):
+    body = VARLEN + """
+def collate_fn(items):
+    x = nn.utils.rnn.pad_sequence([x for x, _ in items], batch_first=True)
+    return x, torch.tensor([y for _, y in items])
+"""
+    task = check(write(tmp_path, body), norms=(AS_BUILT,))
+    from batchtune.trial.train import TrialSpec, run_trial
+
+    result = run_trial(task, TrialSpec(batch_size=4, lr=0.01, norm=AS_BUILT, epochs=1, threads=1),
+                       make_dataset(task, "train"), make_dataset(task, "val"))
+    assert result.status == "ok", result.reason
+
+
+def test_dataloader_settings_are_checked(tmp_path):
+    with pytest.raises(TaskError, match=r"DATALOADER has 'batch_size': batchtune sets it per trial; allowed keys are"):
+        load_task(write(tmp_path, GOOD + "\nDATALOADER = {'batch_size': 4}\n"))
+
+
+def load_and_make(path):
+    task = load_task(path)
+    make_dataset(task, "train")
+    return task
+
+
+# ------------------------------------------------------------------ the norms a factory rejects (issue 13)
+
+
+PARTIAL_NORMS = GOOD.replace(
+    'def build_model(norm="batch"):\n    return',
+    'def build_model(norm="batch"):\n    {"batch": 1, "layer": 2, "none": 3}[norm]\n    return',
+)
+
+
+def test_norms_the_factory_rejects_are_dropped_from_the_defaults(tmp_path, caplog):
+    task = load_task(write(tmp_path, PARTIAL_NORMS))
+    norms, note = search_norms(task, None)
+    assert norms == ("batch", "layer", "none")
+    assert "build_model rejects norm group (build_model(norm='group') raised KeyError: 'group')" in note
+    assert any("rejects norm group" in r.getMessage() for r in caplog.records)
+
+
+def test_a_named_norm_the_factory_rejects_is_still_an_error(tmp_path):
+    task = load_task(write(tmp_path, PARTIAL_NORMS))
+    norms, _ = search_norms(task, ["batch", "group"])
+    with pytest.raises(TaskError, match=r"build_model\(norm='group'\) raised KeyError: 'group'; fix build_model"):
+        dry_run(task, norms)
+
+
+# ------------------------------------------------------------------ a task file that never finishes importing (14.11)
+
+
+def test_import_that_loops_for_ever_gives_up_with_its_line(tmp_path, caplog):
+    path = write(tmp_path, "import time\nx = 0\nwhile True:\n    x += 1\n")
+    with pytest.raises(TaskError, match=r"task\.py:\d: importing the file did not finish within 1 s \(its module-level "
+                                        r"code was running line \d\); module-level code must not loop or wait"):
+        load_task(path, import_timeout=1)
+    assert any("still importing" in r.getMessage() and "task.py" in r.getMessage() for r in caplog.records)
+
+
+def test_import_that_sleeps_in_a_thread_gives_up(tmp_path):
+    import threading
+
+    path = write(tmp_path, "import time\nwhile True:\n    time.sleep(0.05)\n")
+    caught = []
+
+    def load():
+        try:
+            load_task(path, import_timeout=0.5)
+        except TaskError as exc:
+            caught.append(str(exc))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive() and "did not finish within 0.5 s" in caught[0]
+
+
+def test_import_limit_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHTUNE_IMPORT_TIMEOUT", "0.5")
+    with pytest.raises(TaskError, match=r"within 0.5 s"):
+        load_task(write(tmp_path, "while True:\n    pass\n"))

@@ -44,3 +44,75 @@ def test_converted_model_runs_and_keeps_dtype():
 def test_batch_leaves_model_as_is():
     m = model()
     assert convert_norm(m, "batch") is m and count_batchnorm(m) == 4
+
+
+# ------------------------------------------------------------------ BatchNorm subclasses with extra behaviour (issue 13)
+# timm cannot be imported against this CPU torch (it imports a CUDA-built torchvision), so its
+# BatchNormAct2d (timm/layers/norm_act.py: batch_norm, then self.drop, then self.act) is reproduced here.
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    def __init__(self, channels, act_layer=nn.SiLU):
+        super().__init__(channels)
+        self.drop = nn.Identity()
+        self.act = act_layer()
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+# The same class under timm's module path: the one BatchNorm subclass batchtune knows how to convert.
+TimmBatchNormAct2d = type("BatchNormAct2d", (BatchNormAct2d,), {"__module__": "timm.layers.norm_act"})
+
+
+def efficientnet_like(layer):
+    return nn.Sequential(nn.Conv2d(3, 8, 3), layer(8), nn.Conv2d(8, 8, 3), layer(8), nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4))
+
+
+@pytest.mark.parametrize("norm", ["group", "layer", "none"])
+def test_unknown_batchnorm_subclass_is_refused(norm):
+    from batchtune.task.norm import UnconvertibleNorm
+
+    with pytest.raises(UnconvertibleNorm, match=r"BatchNormAct2d at model\.1 is a subclass of BatchNorm that may do "
+                                                r"more than normalize"):
+        convert_norm(efficientnet_like(BatchNormAct2d), norm)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer", "none"])
+def test_timm_norm_act_keeps_its_activation(norm):
+    m = efficientnet_like(TimmBatchNormAct2d)
+    acts = [mod.act for mod in m.modules() if isinstance(mod, TimmBatchNormAct2d)]
+    convert_norm(m, norm)
+    assert count_batchnorm(m) == 0
+    assert sum(isinstance(mod, nn.SiLU) for mod in m.modules()) == 2  # none of the activations went away
+    assert all(any(a is mod for mod in m.modules()) for a in acts)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 7)
+    block = m[1]
+    assert isinstance(block, nn.Sequential) and block[2] is acts[0]
+    h = m[0](x)
+    assert torch.allclose(block(h), nn.functional.silu(block[0](h)))
+
+
+def test_swap_that_would_lose_a_module_is_refused():
+    from batchtune.task.norm import UnconvertibleNorm
+
+    bn = nn.BatchNorm1d(4)
+    bn.extra = nn.ReLU()  # an exact BatchNorm1d that carries a module the swap would drop
+    with pytest.raises(UnconvertibleNorm, match=r"would remove 1 other module\(s\) from the model \(first: ReLU at "
+                                                r"model\.1\.extra\)"):
+        convert_norm(nn.Sequential(nn.Linear(3, 4), bn), "group")
+
+
+def test_task_with_unknown_subclass_searches_batch_only(tasks, caplog):
+    from batchtune.errors import TaskError
+    from batchtune.task.contract import dry_run, load_task, search_norms
+
+    task = load_task(tasks / "bn_act.py")
+    norms, note = search_norms(task, None)
+    assert norms == ("batch",) and "only batch norm is searched; add a `norm` argument to build_model" in note
+    assert any("BatchNormAct2d at model.1" in r.getMessage() for r in caplog.records)
+    dry_run(task, norms)
+    with pytest.raises(TaskError, match=r"bn_act\.py: build_model\(\): BatchNormAct2d at model\.1 is a BatchNorm "
+                                        r"subclass .* add a `norm` argument to build_model"):
+        search_norms(task, ["batch", "group"])

@@ -22,3 +22,13 @@ def test_call_runs_in_the_child_with_the_workers_pythonpath(tasks, tmp_path):
         failed = runner.call_task("bt_probe_module:broken", {}, timeout=120)
         assert failed == {"error": "RuntimeError: measurement failed"}
         assert runner.alive()  # a failed call does not cost the worker
+
+
+def test_dataloader_workers_run_inside_a_trial_worker(tasks, tmp_path):
+    from batchtune.trial.train import TrialSpec
+
+    source = (tasks / "lstm_varlen.py").read_text().replace('{"num_workers": 0}', '{"num_workers": 1}')
+    (tmp_path / "lstm_workers.py").write_text(source)
+    with TrialRunner(str(tmp_path / "lstm_workers.py")) as runner:
+        result = runner.run(TrialSpec(batch_size=8, lr=0.01, norm="as-built", epochs=1, threads=1))
+    assert result.status == "ok", result.reason  # not "daemonic processes are not allowed to have children"
