@@ -286,10 +286,10 @@ def _measure_before_trials(
         plan = replace(plan, lr_bounds=bounds)
     count, seeds = measured.reserve_reruns(cfg, budget)
     reserved = count * seeds * full
-    from batchtune.study.target import make_pruner
+    from batchtune.study.pruning import BatchStratifiedHalving
 
-    # Rungs at 1/9 and 1/3 of a trial (reduction factor 3): a trial is judged after a ninth of its budget.
-    study.pruner = make_pruner(max(1, full // 9))
+    # Rungs at 1/9 and 1/3 of a trial (reduction factor 3), each trial against its own batch size.
+    study.pruner = BatchStratifiedHalving(max(1, full // 9))
     plan = replace(plan, trial_budget=measured.trial_budget(budget, spend, reserved, warnings), trial_samples=full)
     study.set_user_attr("budget", {**spend.to_dict(), "reserved_reruns": {"candidates": count, "seeds": seeds},
                                    "left_out": {str(b): why for b, why in setup.left_out.items()}})

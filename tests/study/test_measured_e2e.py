@@ -1,0 +1,77 @@
+"""The default search end to end on a tiny task: every phase runs, is counted, and the report says so."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+
+FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--no-doctor", "--norms", "batch,none"]
+
+
+def summary_of(workdir, study="tiny_mlp"):
+    return json.loads((workdir / "reports" / study / "summary.json").read_text())
+
+
+def test_default_search_measures_prunes_reruns_and_states_the_fresh_seeds_mean(cli, tasks, workdir):
+    result = cli("search", tasks / "tiny_mlp.py", "--budget", "12", *FAST)
+    assert result.exit_code == 0, result.output
+    for phase in ("speed and memory", "LR range tests", "re-training"):
+        assert phase in result.stderr
+    s = summary_of(workdir)
+    # 512 samples x 1 epoch: batch 16 gives 32 steps, fewer than 50, so only 8 is judged... unless kept.
+    assert s["search_space"]["batch_sizes"] == [8]
+    assert "16" in s["compute"]["left_out"] and "optimizer steps" in s["compute"]["left_out"]["16"]
+    spent = s["compute"]["spent_trial_equivalents"]
+    assert set(spent) == {"speed", "lr_range", "trials", "reruns"}
+    assert all(v > 0 for v in spent.values())
+    assert s["compute"]["total_trial_equivalents"] <= 12 * 1.15  # at most the last trial's overshoot
+    # Trials sampled their LR inside the window the range test measured for their cell.
+    windows = s["lr_range"]["bounds"]["windows"]
+    study = optuna.load_study(study_name="tiny_mlp", storage="sqlite:///studies/tiny_mlp.db")
+    for t in study.get_trials():
+        if "result" in t.user_attrs:
+            low, high = windows[f"{t.params['batch_size']}/{t.params['norm']}"]
+            assert low * 0.999 <= t.user_attrs["result"]["lr"] <= high * 1.001
+    assert any(t.state == optuna.trial.TrialState.PRUNED for t in study.get_trials())
+    pruned = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.PRUNED]
+    assert "successive halving" in pruned[0].user_attrs["result"]["reason"]
+    # The recommendation states the mean of fresh seeds, not the trial's own seed.
+    rec = s["recommendation"]
+    chosen = next(c for c in s["candidates"] if c["trial"] == rec["trial"])
+    assert chosen["seeds"] == [1000, 1001]
+    assert rec["metric"] == pytest.approx(sum(chosen["metrics"]) / 2)
+    assert rec["objective"] == "metric" and s["pareto"] == []
+    report = (workdir / "reports" / "tiny_mlp" / "report.md").read_text()
+    for section in ("## Candidates re-trained on fresh seeds", "## Speed and memory per cell",
+                    "## Learning-rate windows (LR range test)", "## Compute spent"):
+        assert section in report
+
+
+def test_a_resume_reuses_the_measurements_and_a_larger_budget_adds_trials(cli, tasks, workdir):
+    args = ["search", tasks / "tiny_mlp.py", *FAST, "--batch-sizes", "8,16", "--candidates", "2", "--rerun-seeds", "1"]
+    assert cli(*args, "--budget", "8").exit_code == 0
+    first = summary_of(workdir)
+    again = cli(*args, "--budget", "16")
+    assert again.exit_code == 0, again.output
+    assert "LR range tests" not in again.stderr and "speed and memory" not in again.stderr  # reused
+    second = summary_of(workdir)
+    assert second["n_trials"] > first["n_trials"]
+    assert second["compute"]["spent_samples"]["lr_range"] == first["compute"]["spent_samples"]["lr_range"]
+    assert all(len(c["seeds"]) == 1 for c in second["candidates"])
+
+
+def test_a_budget_too_small_for_the_trials_says_so(cli, tasks, workdir):
+    result = cli("search", tasks / "tiny_mlp.py", "--budget", "2", *FAST, "--batch-sizes", "8")
+    assert result.exit_code == 0, result.output
+    warnings = " ".join(summary_of(workdir)["warnings"])
+    assert "raise --budget" in warnings
+    assert math.isfinite(summary_of(workdir)["recommendation"]["metric"])
+
+
+def test_budget_belongs_to_the_metric_objective(cli, tasks, workdir):
+    result = cli("search", tasks / "tiny_mlp.py", "--budget", "5", "--objective", "pareto", *FAST)
+    assert result.exit_code == 2
+    assert "--budget is the compute budget of --objective metric" in result.stderr

@@ -1,0 +1,53 @@
+"""Successive halving within a batch size: a large batch is not pruned for having taken fewer steps."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+
+from batchtune.study.pruning import BatchStratifiedHalving
+
+DIST = {"batch_size": CategoricalDistribution([16, 128])}
+
+
+def add(study, batch, curve, state=optuna.trial.TrialState.COMPLETE):
+    trial = optuna.trial.create_trial(params={"batch_size": batch}, distributions=DIST, intermediate_values=curve,
+                                      value=list(curve.values())[-1] if state == optuna.trial.TrialState.COMPLETE else None,
+                                      state=state)
+    study.add_trial(trial)
+
+
+def frozen(batch, curve):
+    return optuna.trial.create_trial(params={"batch_size": batch}, distributions=DIST, intermediate_values=curve,
+                                     state=optuna.trial.TrialState.RUNNING)
+
+
+def test_trials_are_compared_only_with_their_own_batch_size():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    pruner = BatchStratifiedHalving(min_resource=100)
+    # Small batches are far ahead at 100 samples (more steps taken).
+    for v in (0.90, 0.88, 0.86):
+        add(study, 16, {100: v, 300: v + 0.05})
+    # The first large-batch trials go on: fewer than 2 of their batch size to compare with.
+    assert not pruner.prune(study, frozen(128, {100: 0.40}))
+    add(study, 128, {100: 0.40, 300: 0.9})
+    add(study, 128, {100: 0.50, 300: 0.9})
+    # Against its own batch size, 0.55 is the best at the rung: it goes on, although far below batch 16.
+    assert not pruner.prune(study, frozen(128, {100: 0.55}))
+    # 0.30 is not in the best third of batch 128 at the first rung: pruned.
+    assert pruner.prune(study, frozen(128, {100: 0.30}))
+    # Judged only where a report crosses a rung: between rungs nothing happens.
+    assert not pruner.prune(study, frozen(128, {100: 0.55, 200: 0.01}))
+    assert pruner.prune(study, frozen(16, {100: 0.70}))
+    assert pruner.prune(study, frozen(16, {100: 0.95, 300: 0.5}))  # the second rung, last of four
+    assert pruner.prune(study, frozen(16, {100: float("nan")}))
+
+
+def test_minimising_keeps_the_lowest():
+    study = optuna.create_study(direction="minimize")
+    for v in (1.0, 2.0, 3.0):
+        add(study, 16, {10: v})
+    pruner = BatchStratifiedHalving(min_resource=10)
+    assert not pruner.prune(study, frozen(16, {10: 0.5}))
+    assert pruner.prune(study, frozen(16, {10: 2.5}))
