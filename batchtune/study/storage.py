@@ -41,8 +41,13 @@ def open_storage(
     heartbeat: bool = True,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
+    create_folder: bool = False,
 ) -> Any:
-    """An RDBStorage for ``url``, with heartbeats, or a :class:`StorageError` that says why not."""
+    """An RDBStorage for ``url``, with heartbeats, or a :class:`StorageError` that says why not.
+
+    ``create_folder``: create the SQLite file's folder (only for the default studies/ path; a folder
+    named in a user's URL that does not exist is a typo, refused with :class:`UsageError`).
+    """
     import optuna
     import sqlalchemy.exc
 
@@ -52,6 +57,10 @@ def open_storage(
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
             folder = Path(path).parent
+            if not create_folder and not folder.is_dir():
+                raise UsageError(
+                    f"--storage {redact_url(url)!r}: the folder {folder} does not exist; create it first or fix the path"
+                )
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -135,7 +144,8 @@ def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True,
     import sqlalchemy.exc
 
     url = cfg.storage or default_storage(cfg.study_name, cfg.studies_dir)
-    storage = open_storage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_grace)
+    storage = open_storage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_grace,
+                           create_folder=cfg.storage is None)
     sampler = optuna.samplers.TPESampler(
         seed=cfg.seed,
         multivariate=True,

@@ -158,7 +158,7 @@ def test_parallel_workers_make_exactly_the_requested_trials(cli, tasks, workdir)
 def test_stale_trial_of_a_dead_machine_is_retried_once(cli, tasks, workdir):
     from batchtune.study.storage import open_storage
 
-    storage = open_storage("sqlite:///studies/faulty.db", heartbeat_interval=1, grace_period=2)
+    storage = open_storage("sqlite:///studies/faulty.db", heartbeat_interval=1, grace_period=2, create_folder=True)
     study = optuna.create_study(study_name="faulty", storage=storage,
                                 directions=["maximize", "maximize", "minimize"])
     ghost = study.ask({"batch_size": optuna.distributions.CategoricalDistribution([16]),
