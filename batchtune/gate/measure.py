@@ -35,6 +35,7 @@ from batchtune.errors import TaskError, UsageError
 from batchtune.gate.baseline import FINGERPRINT_FIELDS, NOTED_FIELDS, BenchRun
 from batchtune.task.choices import AS_BUILT, NORM_CHOICES, PRECISIONS
 from batchtune.trial.timing import NOISY_REL_IQR
+from batchtune.units import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,9 @@ class BenchConfig:
             raise UsageError(f"--processes {self.processes} must be at least 1")
         if self.epochs is not None and (not math.isfinite(self.epochs) or self.epochs <= 0):
             raise UsageError(f"--epochs {self.epochs:g} must be a positive number of epochs (fractions allowed)")
-        if self.timeout <= 0:
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
             raise UsageError(f"--timeout {self.timeout:g} must be a positive number of seconds")
+        check_seed(self.seed)
         return replace(self)
 
 
