@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -10,6 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from batchtune.errors import OutputError
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (a task file's identity in a bench fingerprint and a study's)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def ensure_dir(path: Path) -> Path:

@@ -20,7 +20,6 @@ slowed alike, so the comparison decides on step time / reference time, in which 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from batchtune.errors import TaskError, UsageError
+from batchtune.files import sha256_file
 from batchtune.gate.baseline import (
     FINGERPRINT_FIELDS,
     INT_BOUNDS,
@@ -133,11 +133,7 @@ class _Plan:
 
 def task_sha256(path: str | Path) -> str:
     """SHA-256 of the task file's bytes: part of the fingerprint."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def resolve_clock(clock: str, device_type: str, threads: int) -> str:

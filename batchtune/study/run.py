@@ -27,6 +27,7 @@ from batchtune.study.coordinator import (
     run_workers,
 )
 from batchtune.study.results import status
+from batchtune.study.resume import check_resume, fingerprint
 from batchtune.study.storage import default_storage, open_study
 from batchtune.units import redact_url
 
@@ -118,6 +119,7 @@ def _search(
     setup = _load_and_check(cfg, out_dir)
     direction = "maximize" if setup.task.metric_mode == "max" else "minimize"
     study = open_study(cfg, ["minimize"] if cfg.objective == "time-to-target" else [direction, "maximize", "minimize"])
+    check_resume(study, fingerprint(cfg, metric_mode=setup.task.metric_mode, optimizer_family=setup.family))
     plan = _plan_sizes(study, cfg, setup, out_dir)
     _record_space_and_meta(study, cfg, setup, plan)
     if cfg.doctor:
