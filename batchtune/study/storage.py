@@ -143,16 +143,12 @@ def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True,
     import optuna
     import sqlalchemy.exc
 
+    from batchtune.study.sampler import make_sampler
+
     url = cfg.storage or default_storage(cfg.study_name, cfg.studies_dir)
     storage = open_storage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_grace,
                            create_folder=cfg.storage is None)
-    sampler = optuna.samplers.TPESampler(
-        seed=cfg.seed,
-        multivariate=True,
-        group=False,
-        # A handful of random trials first; the default (10) is half of a typical 20-trial budget.
-        n_startup_trials=max(4, min(10, cfg.trials // 3)),
-    )
+    sampler = make_sampler(seed=cfg.seed, trials=cfg.trials)
     try:
         if create:
             return optuna.create_study(

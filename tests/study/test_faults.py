@@ -24,6 +24,16 @@ from batchtune.trial.train import TrialSpec, run_trial
 FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--lr-rule", "none", "--batch-sizes", "16", "--lr-min", "0.01", "--lr-max", "0.1"]
 
 
+QUICK = ["--epochs", "0.2", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--batch-sizes", "16,32"]
+
+
+def configurations(study) -> list[tuple]:
+    """The sampled configuration of every trial that counts (a retry of an interrupted one included)."""
+    from batchtune.study.results import counts
+
+    return [tuple(sorted(t.params.items())) for t in study.trials if counts(t)]
+
+
 def fault_env(tmp_path: Path, fault: str) -> dict[str, str]:
     return {"BATCHTUNE_TEST_FAULT": fault, "BATCHTUNE_TEST_FAULT_DIR": str(tmp_path)}
 
@@ -123,6 +133,8 @@ def test_sigkill_of_coordinator_then_rerun_keeps_and_finishes(tasks, workdir):
     assert len(retried) == 1  # the trial the kill interrupted ran again with the same parameters
     original = study.trials[retried[0].system_attrs["failed_trial"]]
     assert original.user_attrs["status"] == "interrupted" and original.params == retried[0].params
+    # The rerun drew new configurations; only the retry repeats the one the kill interrupted.
+    assert len(set(configurations(study))) == 4
 
 
 def test_ctrl_c_marks_trial_interrupted_writes_report_exits_130(tasks, workdir):
@@ -153,6 +165,28 @@ def test_parallel_workers_make_exactly_the_requested_trials(cli, tasks, workdir)
     assert "database is locked" not in result.output
     pids = {t.user_attrs["worker"]["pid"] for t in counted}
     assert len(pids) == 1  # one coordinator process, two worker threads/processes
+    # Issue 14 item 3: every worker draws its own configuration.
+    assert len(set(configurations(study))) == 6
+
+
+def test_resume_draws_new_configurations(cli, tasks, workdir):
+    # Issue 14 item 3: the rerun's sampler replayed the first run's start-up draws (trials 2, 3 = 0, 1).
+    args = ["search", tasks / "tiny_mlp.py", *QUICK]
+    assert cli(*args, "--trials", "2").exit_code == 0
+    first = configurations(_study("sqlite:///studies/tiny_mlp.db", "tiny_mlp"))
+    assert cli(*args, "--trials", "4").exit_code == 0
+    resumed = configurations(_study("sqlite:///studies/tiny_mlp.db", "tiny_mlp"))
+    assert resumed[:2] == first and len(set(resumed)) == 4
+
+
+def test_two_processes_on_one_sqlite_study_draw_distinct_configurations(tasks, workdir):
+    cmd = [sys.executable, "-m", "batchtune", "search", str(tasks / "tiny_mlp.py"), *QUICK, "--trials", "4"]
+    procs = [subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    study = _study("sqlite:///studies/tiny_mlp.db", "tiny_mlp")
+    assert len(configurations(study)) == 4 and len(set(configurations(study))) == 4
 
 
 def test_stale_trial_of_a_dead_machine_is_retried_once(cli, tasks, workdir):
