@@ -24,6 +24,7 @@ from batchtune.study.coordinator import (
     TrialEvent,
     gpu_ids,
     reap_dead_local_trials,
+    reap_stale_trials,
     run_workers,
 )
 from batchtune.study.results import status
@@ -251,9 +252,7 @@ def _record_space_and_meta(study: Any, cfg: SearchConfig, setup: _Setup, plan: T
 
 def _recover_dead_trials(study: Any) -> None:
     """Phase 4: trials whose heartbeat stopped, or whose coordinator on this host died, are failed and retried."""
-    import optuna
-
-    optuna.storages.fail_stale_trials(study)
+    reap_stale_trials(study)
     reap_dead_local_trials(study)
 
 

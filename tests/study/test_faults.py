@@ -133,6 +133,8 @@ def test_sigkill_of_coordinator_then_rerun_keeps_and_finishes(tasks, workdir):
     assert len(retried) == 1  # the trial the kill interrupted ran again with the same parameters
     original = study.trials[retried[0].system_attrs["failed_trial"]]
     assert original.user_attrs["status"] == "interrupted" and original.params == retried[0].params
+    assert original.user_attrs["reason"] == "its coordinator process died; retried with the same parameters"
+    assert status(retried[0]) == "ok"  # the retry does not inherit the interrupted trial's outcome
     # The rerun drew new configurations; only the retry repeats the one the kill interrupted.
     assert len(set(configurations(study))) == 4
 
@@ -206,9 +208,35 @@ def test_stale_trial_of_a_dead_machine_is_retried_once(cli, tasks, workdir):
     assert result.exit_code == 0, result.output
     study = _study()
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    # Issue 14 item 6: the dead machine's trial was stored as FAIL with no status and no reason.
+    assert status(study.trials[0]) == "interrupted"
+    assert study.trials[0].user_attrs["reason"] == (
+        "its coordinator (another-machine, pid 1) sent no heartbeat for 2 s; retried with the same parameters"
+    )
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retried) == 1 and retried[0].params == study.trials[0].params
-    assert retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert retried[0].state == optuna.trial.TrialState.COMPLETE and status(retried[0]) == "ok"
+
+
+def test_a_dead_coordinator_s_trial_is_interrupted_with_a_reason_and_its_retry_starts_clean(workdir):
+    import socket
+
+    from batchtune.study.coordinator import reap_dead_local_trials
+    from batchtune.study.results import counts
+    from batchtune.study.storage import open_storage
+
+    storage = open_storage("sqlite:///studies/faulty.db", create_folder=True)
+    study = optuna.create_study(study_name="faulty", storage=storage, directions=["maximize", "maximize", "minimize"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ghost = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)})
+    ghost.set_user_attr("worker", {"host": socket.gethostname(), "pid": int(dead.stdout)})
+    assert reap_dead_local_trials(study) == 1
+    original, retry = study.trials
+    assert original.state == optuna.trial.TrialState.FAIL and status(original) == "interrupted"
+    assert original.user_attrs["reason"] == "its coordinator process died; retried with the same parameters"
+    # The retry carries the parameters and the worker, not the interrupted outcome (it would never count).
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == original.params
+    assert status(retry) is None and "reason" not in retry.user_attrs and not counts(retry)
 
 
 def test_unwritable_output_keeps_the_study(cli, tasks, workdir):
