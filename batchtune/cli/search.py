@@ -129,6 +129,11 @@ def _run_search(config: Any, as_json: bool) -> None:
     if result.interrupted:
         click.echo("interrupted: the running trial was recorded as failed; the report covers what finished", err=True)
         sys.exit(130)
+    if result.recommendation is None:
+        from batchtune.study.summary import unrecommended_reasons
+
+        where = f"; every reason is in {result.paths['markdown']}" if "markdown" in result.paths else ""
+        raise click.ClickException(f"no trial finished feasibly, nothing to recommend: {unrecommended_reasons(result.trials)}{where}")
 
 
 def render_result(result: Any, as_json: bool) -> None:

@@ -63,6 +63,16 @@ def test_failed_trial_is_recorded_and_next_runs_healthy(cli, tasks, workdir, fau
     assert trials.loc[1, "metric"] > 0
 
 
+def test_every_trial_failing_exits_1_with_the_reasons_counted(cli, tasks, workdir):
+    # Issue 14 item 4: "No trial finished feasibly" exited 0, so a CI job passed.
+    env = {**fault_env(workdir, "raise"), "BATCHTUNE_TEST_FAULT_ALWAYS": "1"}
+    result = cli("search", tasks / "faulty.py", "--trials", "2", *FAST, env=env)
+    assert result.exit_code == 1, result.output
+    assert ("no trial finished feasibly, nothing to recommend: 2 failed (ValueError: boom from the model); "
+            "every reason is in reports/faulty/report.md") in result.stderr
+    assert (workdir / "reports" / "faulty" / "report.md").exists()
+
+
 @pytest.mark.parametrize("where", ["forward", "backward", "step"])
 @pytest.mark.parametrize("kind", ["torch", "cuda", "cudnn", "mps", "hip", "xpu", "cpu"])
 def test_oom_anywhere_is_infeasible_and_releases_memory(tasks, monkeypatch, where, kind):
@@ -227,7 +237,8 @@ def test_a_dead_coordinator_s_trial_is_interrupted_with_a_reason_and_its_retry_s
 
     storage = open_storage("sqlite:///studies/faulty.db", create_folder=True)
     study = optuna.create_study(study_name="faulty", storage=storage, directions=["maximize", "maximize", "minimize"])
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     ghost = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)})
     ghost.set_user_attr("worker", {"host": socket.gethostname(), "pid": int(dead.stdout)})
     assert reap_dead_local_trials(study) == 1

@@ -90,8 +90,9 @@ def test_oom_trials_are_recorded_and_study_goes_on(cli, tasks, workdir):
     # --no-probe: the probe would drop 128 before any trial ran (tests/probing/test_measure.py covers that).
     result = cli("search", tasks / "oom_above.py", "--trials", "2", "--batch-sizes", "128", "--norms", "none",
                  "--no-probe", *FAST, env={"BATCHTUNE_TEST_OOM_ABOVE": "64"})
-    assert result.exit_code == 0, result.output
-    assert "nothing to recommend" in result.output
+    # Nothing feasible is a failure of the search (exit 1), with the outcomes counted.
+    assert result.exit_code == 1, result.output
+    assert "nothing to recommend: 2 oom (out of memory" in result.stderr
     trials = pd.read_csv(workdir / "reports" / "oom_above" / "trials.csv")
     assert list(trials["status"]) == ["oom", "oom"]
     assert trials["reason"].str.contains("out of memory").all()
@@ -117,7 +118,8 @@ def test_memory_budget_is_an_optuna_constraint(cli, tasks, workdir):
     # Every CPU trial's peak RSS (torch alone is hundreds of MiB) is far above 1 MiB.
     result = cli("search", tasks / "tiny_mlp.py", "--trials", "2", "--batch-sizes", "32", "--memory-budget", "1MiB",
                  *FAST)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
+    assert "no trial finished feasibly, nothing to recommend: 2 over --memory-budget;" in result.stderr
     study = optuna.load_study(study_name="tiny_mlp", storage="sqlite:///studies/tiny_mlp.db")
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.COMPLETE
