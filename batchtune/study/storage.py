@@ -104,7 +104,9 @@ def _create_with_retry(make: Any, attempts: int = 5) -> Any:
             return make()
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
             text = str(exc).lower()
-            racing = "duplicate" in text or "already exists" in text or "database is locked" in text
+            # PostgreSQL says "duplicate"/"already exists"; SQLite "database is locked", or a UNIQUE
+            # failure when both processes stamp Optuna's schema version into a new file.
+            racing = any(s in text for s in ("duplicate", "already exists", "database is locked", "unique constraint failed"))
             if attempt == attempts - 1 or not racing:
                 raise
             time.sleep(0.2 + random.random() * 0.5)
