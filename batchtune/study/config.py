@@ -58,8 +58,8 @@ def check_plain_name(name: str, *, option: str = "--study") -> None:
     if bad or name in ("", ".", ".."):
         why = f"it contains {bad[0]!r}" if bad else "it names a folder"
         raise UsageError(
-            f"{option} {name!r} is not a plain name ({why}); pass a name such as my_sweep: "
-            "it names studies/NAME.db and the report folder reports/NAME/"
+            f"{option} {name!r} is not a plain name ({why}); pass a name such as my_sweep: it names "
+            + ("studies/NAME.db and the report folder reports/NAME/" if option == "--study" else "the report folder reports/NAME/")
         )
 
 
