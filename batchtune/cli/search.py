@@ -87,7 +87,8 @@ def command(task: str, **opts: Any) -> None:
         opts["epochs"] = None if opts["budget_samples"] is not None else 3.0
     opts["precisions"] = opts["precisions"] or ("fp32",)
     opts["probe"] = not opts.pop("no_probe")
-    if opts["batch_sizes"] is not None and click.get_current_context().get_parameter_source("batch_size_min").name != "DEFAULT":
+    min_source = click.get_current_context().get_parameter_source("batch_size_min")
+    if opts["batch_sizes"] is not None and min_source is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--batch-size-min does not apply with --batch-sizes (the list is searched as given); drop one of them")
     config = SearchConfig(task_path=task, plots=plots, **opts)
     _run_search(config, as_json)
