@@ -25,6 +25,16 @@ _SIZE_UNITS = {
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
+# numpy's legacy seeding (np.random.seed, Optuna's samplers) takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int, *, option: str = "--seed") -> None:
+    """A seed every RNG batchtune seeds accepts, or a :class:`UsageError` with the range."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{option} {seed} is out of range; use an integer from 0 to {MAX_SEED}")
+
+
 def parse_size(text: str, *, option: str = "--memory-budget") -> int:
     """Parse ``6GiB``, ``512MB``, ``1.5e9``-free forms like ``1500000000`` into bytes."""
     match = _SIZE_RE.match(str(text))

@@ -9,6 +9,7 @@ import click
 
 from batchtune.cli.options import (
     handle_errors,
+    seed_option,
 )
 
 
@@ -17,7 +18,7 @@ from batchtune.cli.options import (
 @click.option("--batch-size", type=int, default=None, help="Batch size to check [default: 32, or the training set size if smaller].")
 @click.option("--norm", default=None, help="Normalization of the model [default: the first the search would try].")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, callback=seed_option, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @handle_errors
 def command(task: str, batch_size: int | None, norm: str | None, device: str, seed: int, as_json: bool) -> None:

@@ -12,6 +12,7 @@ import click
 from batchtune.cli.options import (
     fraction_option,
     handle_errors,
+    seed_option,
 )
 from batchtune.errors import BatchtuneError
 
@@ -89,7 +90,7 @@ def _step_summary(markdown: str, path: str | None) -> None:
 @click.option("--warmup", type=int, default=None, help="Untimed burn-in steps per repeat [default: 10].")
 @click.option("--processes", type=int, default=None, help="Worker processes the repeats alternate between [default: 2].")
 @click.option("--epochs", type=float, default=None, help="Also train this many epochs from a fixed seed and record the validation metric.")
-@click.option("--seed", type=int, default=None, help="Seed of the model and data order [default: 0].")
+@click.option("--seed", type=int, callback=seed_option, default=None, help="Seed of the model and data order [default: 0].")
 @click.option("--timeout", type=float, default=900, show_default=True, help="Seconds before a hung measurement is killed.")
 @click.option("--save", "save_path", default=None, type=click.Path(dir_okay=False, path_type=str), help="Write the measurement to this JSON file (the baseline).")
 @click.option("--compare", "compare_path", default=None, type=click.Path(dir_okay=False, path_type=str), help="Compare with this baseline file and exit 0 pass, 1 regression, 3 mismatch.")

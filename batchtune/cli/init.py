@@ -24,5 +24,10 @@ def command(path: Path, force: bool) -> None:
         raise Failure(f"{path} already exists; pass another path or --force to overwrite it", 2)
     if path.suffix != ".py":
         raise Failure(f"{path}: a task file must end in .py", 2)
-    path.write_text(TEMPLATE, encoding="utf-8")
+    if not path.parent.is_dir():
+        raise Failure(f"cannot write {path}: the folder {path.parent} does not exist; create it first or pass another path", 2)
+    try:
+        path.write_text(TEMPLATE, encoding="utf-8")
+    except OSError as exc:
+        raise Failure(f"cannot write {path}: {exc.strerror}; pass a writable path", 1) from None
     click.echo(f"wrote {path}; fill in build_model, train_dataset and val_dataset, then run `batchtune search {path}`")

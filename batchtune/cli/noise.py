@@ -10,6 +10,8 @@ import click
 from batchtune.cli.options import (
     handle_errors,
     int_list,
+    name_option,
+    seed_option,
 )
 
 
@@ -32,10 +34,10 @@ from batchtune.cli.options import (
 @click.option("--batch-sizes", callback=int_list, default=None, help="Goodput candidates [default: powers of two from --batch-small].")
 @click.option("--throughput-steps", type=int, default=20, show_default=True, help="Timed steps per candidate batch size.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, callback=seed_option, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads for the measurements.")
 @click.option("--output", "output_dir", default="reports", show_default=True, help="Folder for reports.")
-@click.option("--name", default=None, help="Report folder name under --output [default: the task file's stem].")
+@click.option("--name", callback=name_option, default=None, help="Report folder name under --output [default: the task file's stem].")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print noise.json to stdout instead of the summary.")
 @click.option("--batchnorm-stats", "bn_stats", type=click.Choice(["batch", "running"]), default="batch", show_default=True,

@@ -11,6 +11,7 @@ import click
 
 from batchtune.errors import BatchtuneError
 from batchtune.units import (
+    check_seed,
     parse_flops,
     parse_fraction,
     parse_size,
@@ -109,3 +110,26 @@ def tolerance_option(ctx: Any, param: Any, value: str | None) -> Any:
         return parse_tolerance(value)
     except BatchtuneError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def seed_option(ctx: Any, param: Any, value: int | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        check_seed(value, option=param.opts[0])
+    except BatchtuneError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def name_option(ctx: Any, param: Any, value: str | None) -> str | None:
+    """A study or report name: a plain name, never a path (it becomes a file and a folder)."""
+    if value is None:
+        return None
+    from batchtune.study.config import check_plain_name
+
+    try:
+        check_plain_name(value, option=param.opts[0])
+    except BatchtuneError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value

@@ -12,6 +12,7 @@ from batchtune.cli.options import (
     flops_option,
     fraction_option,
     handle_errors,
+    seed_option,
     size_option,
     str_list,
 )
@@ -34,7 +35,7 @@ from batchtune.units import (
 @click.option("--peak-flops", callback=flops_option, default=None, help="Peak FLOP/s for MFU, e.g. 312T [default: the datasheet table].")
 @click.option("--threads", type=int, default=None, help="CPU threads [default: torch's default].")
 @click.option("--time-cap", type=float, default=0.5, show_default=True, help="Seconds of timed steps per size, at most.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, callback=seed_option, default=0, show_default=True)
 @click.option("--output", "output_dir", default="reports", show_default=True, help="Folder for reports.")
 @click.option("--name", default=None, help="Report folder name [default: the task file's stem].")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")

@@ -90,6 +90,9 @@ def command(task: str, **opts: Any) -> None:
         opts["epochs"] = None if opts["budget_samples"] is not None else 3.0
     opts["precisions"] = opts["precisions"] or ("fp32",)
     opts["probe"] = not opts.pop("no_probe")
+    min_source = click.get_current_context().get_parameter_source("batch_size_min")
+    if opts["batch_sizes"] is not None and min_source is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--batch-size-min does not apply with --batch-sizes (the list is searched as given); drop one of them")
     config = SearchConfig(task_path=task, plots=plots, **opts)
     from batchtune.trial.device import busy_machine
 
@@ -144,6 +147,11 @@ def _run_search(config: Any, as_json: bool) -> None:
     if result.interrupted:
         click.echo("interrupted: the running trial was recorded as failed; the report covers what finished", err=True)
         sys.exit(130)
+    if result.recommendation is None:
+        from batchtune.study.summary import unrecommended_reasons
+
+        where = f"; every reason is in {result.paths['markdown']}" if "markdown" in result.paths else ""
+        raise click.ClickException(f"no trial finished feasibly, nothing to recommend: {unrecommended_reasons(result.trials)}{where}")
 
 
 def render_result(result: Any, as_json: bool) -> None:

@@ -41,6 +41,18 @@ FINGERPRINT_FIELDS = (
     "task_sha256",
 )
 NOTED_FIELDS = ("optuna", "python", "cudnn")
+# Bounds of every number read back from a file, and of the flags that write one: a corrupt or
+# doctored file must not start a measurement that never ends (a repeat of 1e9).
+INT_BOUNDS = {
+    "batch_size": (1, 2**24),
+    "seed": (0, 2**32 - 1),
+    "repeat": (2, 1000),
+    "steps": (3, 100_000),
+    "warmup": (0, 100_000),
+    "processes": (1, 64),
+}
+MAX_EPOCHS = 1000.0
+MAX_THREADS = 1024
 
 
 @dataclass
@@ -181,8 +193,20 @@ def _check(run: BenchRun) -> None:
     for key in CONFIG_FIELDS + EFFORT_FIELDS:
         if key not in run.config:
             raise ValueError(f"config.{key} is missing")
-    if not isinstance(run.config["batch_size"], int) or run.config["batch_size"] < 1:
-        raise ValueError("config.batch_size must be a positive integer")
+    for key, (low, high) in INT_BOUNDS.items():
+        if not _int_in(run.config[key], low, high):
+            raise ValueError(f"config.{key} must be an integer from {low} to {high}, not {run.config[key]!r}")
+    if not _number(run.config["lr"]) or run.config["lr"] <= 0:
+        raise ValueError(f"config.lr must be a positive finite number, not {run.config['lr']!r}")
+    epochs = run.config["epochs"]
+    if epochs is not None and (not _number(epochs) or not 0 < epochs <= MAX_EPOCHS):
+        raise ValueError(f"config.epochs must be null or a number of epochs above 0 and at most {MAX_EPOCHS:g}, not {epochs!r}")
+    for key in ("norm", "precision", "clock", "device"):
+        if not isinstance(run.config[key], str) or not 0 < len(run.config[key]) <= 100:
+            raise ValueError(f"config.{key} must be a short string, not {run.config[key]!r}")
+    threads = run.fingerprint.get("threads")
+    if threads is not None and not _int_in(threads, 1, MAX_THREADS):
+        raise ValueError(f"fingerprint.threads must be an integer from 1 to {MAX_THREADS}, not {threads!r}")
     for name in ("samples", "wall_samples"):
         reps = getattr(run, name)
         if not _nested_positive(reps):
@@ -204,6 +228,14 @@ def _check(run: BenchRun) -> None:
             raise ValueError(f"{name} must be a finite number or null")
     if run.metric_mode not in ("max", "min"):
         raise ValueError("metric_mode must be \"max\" or \"min\"")
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _nested_positive(reps: Any) -> bool:

@@ -20,7 +20,6 @@ slowed alike, so the comparison decides on step time / reference time, in which 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -32,9 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from batchtune.errors import TaskError, UsageError
-from batchtune.gate.baseline import FINGERPRINT_FIELDS, NOTED_FIELDS, BenchRun
+from batchtune.files import sha256_file
+from batchtune.gate.baseline import (
+    FINGERPRINT_FIELDS,
+    INT_BOUNDS,
+    MAX_EPOCHS,
+    MAX_THREADS,
+    NOTED_FIELDS,
+    BenchRun,
+)
 from batchtune.task.choices import AS_BUILT, NORM_CHOICES, PRECISIONS
 from batchtune.trial.timing import NOISY_REL_IQR
+from batchtune.units import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +97,18 @@ class BenchConfig:
             raise UsageError(f"--processes {self.processes} must be at least 1")
         if self.epochs is not None and (not math.isfinite(self.epochs) or self.epochs <= 0):
             raise UsageError(f"--epochs {self.epochs:g} must be a positive number of epochs (fractions allowed)")
-        if self.timeout <= 0:
+        # The bounds a saved baseline is read back with (a file beyond them is refused as malformed).
+        for key in ("batch_size", "repeat", "steps", "warmup", "processes"):
+            high = INT_BOUNDS[key][1]
+            if getattr(self, key) > high:
+                raise UsageError(f"--{key.replace('_', '-')} {getattr(self, key)} is above the most batchtune measures, {high}; lower it")
+        if self.epochs is not None and self.epochs > MAX_EPOCHS:
+            raise UsageError(f"--epochs {self.epochs:g} is above the most batchtune measures, {MAX_EPOCHS:g}; lower it")
+        if self.threads > MAX_THREADS:
+            raise UsageError(f"--threads {self.threads} is above the most batchtune measures, {MAX_THREADS}; lower it")
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
             raise UsageError(f"--timeout {self.timeout:g} must be a positive number of seconds")
+        check_seed(self.seed)
         return replace(self)
 
 
@@ -115,11 +133,7 @@ class _Plan:
 
 def task_sha256(path: str | Path) -> str:
     """SHA-256 of the task file's bytes: part of the fingerprint."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def resolve_clock(clock: str, device_type: str, threads: int) -> str:

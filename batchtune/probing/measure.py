@@ -30,7 +30,7 @@ from batchtune.probing.result import (
     largest_fit,
     recommended_max,
 )
-from batchtune.study.config import check_batch_range
+from batchtune.study.config import check_batch_range, check_plain_name
 from batchtune.task.choices import PRECISIONS
 from batchtune.units import format_bytes
 
@@ -89,6 +89,7 @@ class ProbeConfig:
         if self.granularity is not None and self.granularity < 1:
             raise UsageError(f"--granularity {self.granularity} must be at least 1")
         check_batch_range(self.batch_size_min, self.batch_size_max)
+        check_plain_name(self.report_name, option="--name")
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise UsageError("--memory-budget must be larger than zero, e.g. 6GiB")
         if self.peak_flops is not None and (not math.isfinite(self.peak_flops) or self.peak_flops <= 0):

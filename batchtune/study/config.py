@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from batchtune.errors import UsageError
 from batchtune.task.choices import AS_BUILT, NORM_CHOICES, PRECISIONS
+from batchtune.units import check_seed
 
 OBJECTIVES = ("metric", "pareto", "time-to-target")
+# Each local worker is a thread with its own process; more than a few per core only oversubscribes
+# the machine (and thousands of polling threads never finish). Scale out with more machines instead.
+WORKERS_PER_CORE = 4
 LR_RULES = ("auto", "linear", "sqrt", "none")
 # The compute budget of the default search, in trial-equivalents (batchtune.study.budget): about
 # 8% of an exhaustive grid of 6 batch sizes x 8 learning rates x 4 norms x 2 seeds.
@@ -53,6 +58,22 @@ def parse_tolerance(text: str) -> Tolerance:
     return tol
 
 
+def check_plain_name(name: str, *, option: str = "--study") -> None:
+    """A study or report name becomes a file (studies/NAME.db) and a folder (reports/NAME/): no path in it."""
+    bad = [c for c in ("/", "\\", "\0") if c in name]
+    if bad or name in ("", ".", ".."):
+        why = f"it contains {bad[0]!r}" if bad else "it names a folder"
+        raise UsageError(
+            f"{option} {name!r} is not a plain name ({why}); pass a name such as my_sweep: it names "
+            + ("studies/NAME.db and the report folder reports/NAME/" if option == "--study" else "the report folder reports/NAME/")
+        )
+
+
+def _positive_seconds(option: str, value: float | None) -> None:
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise UsageError(f"{option} {value:g} must be a positive number of seconds")
+
+
 def check_batch_range(batch_size_min: int, batch_size_max: int | None) -> None:
     """--batch-size-min and --batch-size-max, shared by search and probe."""
     if batch_size_min < 1:
@@ -61,6 +82,20 @@ def check_batch_range(batch_size_min: int, batch_size_max: int | None) -> None:
         raise UsageError(
             f"--batch-size-min {batch_size_min} is above --batch-size-max {batch_size_max}; "
             "make the minimum the smaller one"
+        )
+
+
+def check_batch_list_alone(*, min_given: bool, max_given: bool, accumulate: int) -> None:
+    """--batch-sizes is the whole list: a range beside it would be silently ignored.
+
+    --batch-size-max keeps one meaning beside a list: under --accumulate it is the largest micro-batch.
+    """
+    if min_given:
+        raise UsageError("--batch-size-min does not apply with --batch-sizes (the list is searched as given); drop one of them")
+    if max_given and accumulate <= 1:
+        raise UsageError(
+            "--batch-size-max does not apply with --batch-sizes unless --accumulate N bounds the micro-batch with it; "
+            "drop one of them"
         )
 
 
@@ -154,14 +189,19 @@ class SearchConfig:
 
     def _checked(self) -> SearchConfig:
         """The checks of values that have defaults filled in."""
-        if self.timeout is not None and self.timeout <= 0:
-            raise UsageError(f"--timeout {self.timeout:g} must be a positive number of seconds")
-        if self.trial_timeout is not None and self.trial_timeout <= 0:
-            raise UsageError(f"--trial-timeout {self.trial_timeout:g} must be a positive number of seconds")
+        _positive_seconds("--timeout", self.timeout)
+        _positive_seconds("--trial-timeout", self.trial_timeout)
+        check_seed(self.seed)
+        check_plain_name(self.study_name)
         check_batch_range(self.batch_size_min, self.batch_size_max)
         if self.batch_sizes is not None:
             if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
                 raise UsageError("--batch-sizes must be a comma-separated list of positive integers, e.g. 16,48,96")
+            check_batch_list_alone(
+                min_given=self.batch_size_min != SearchConfig.batch_size_min,
+                max_given=self.batch_size_max is not None,
+                accumulate=self.accumulate,
+            )
         for name, value in (("--lr-min", self.lr_min), ("--lr-max", self.lr_max)):
             if value is not None and (not math.isfinite(value) or value <= 0):
                 raise UsageError(f"{name} {value:g} must be a positive learning rate such as 1e-3")
@@ -178,7 +218,7 @@ class SearchConfig:
             raise UsageError(f"--epochs {self.epochs:g} must be a positive number (fractions allowed)")
         if self.budget_samples is not None and self.budget_samples < 1:
             raise UsageError(f"--budget-samples {self.budget_samples} must be at least 1")
-        if self.eval_every is not None and self.eval_every <= 0:
+        if self.eval_every is not None and (not math.isfinite(self.eval_every) or self.eval_every <= 0):
             raise UsageError(f"--eval-every {self.eval_every:g} must be a positive number of epochs")
         if self.current_batch_size is not None and self.current_batch_size < 1:
             raise UsageError(f"--current-batch-size {self.current_batch_size} must be at least 1")
@@ -186,6 +226,12 @@ class SearchConfig:
             raise UsageError(f"--threads {self.threads} must be at least 1")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers} must be at least 1")
+        cores = os.cpu_count() or 1
+        if self.workers is not None and self.workers > WORKERS_PER_CORE * cores:
+            raise UsageError(
+                f"--workers {self.workers} is more than {WORKERS_PER_CORE} per CPU core ({cores} cores here); "
+                f"use at most {WORKERS_PER_CORE * cores}, and more machines on one --storage to scale out"
+            )
         if self.heartbeat_interval < 1 or self.heartbeat_grace <= self.heartbeat_interval:
             raise UsageError(
                 f"--heartbeat-grace {self.heartbeat_grace} must be longer than --heartbeat-interval "

@@ -60,28 +60,66 @@ def pid_alive(pid: int) -> bool:
 def reap_dead_local_trials(study: Any) -> int:
     """Fail and re-queue RUNNING trials whose coordinator on this host is gone (a kill -9).
 
-    Heartbeats catch this on any machine after the grace period; on the same host the owner's pid
-    says it at once, so a rerun right after a crash does not wait.
+    Heartbeats catch this on any machine after the grace period (:func:`reap_stale_trials`); on the
+    same host the owner's pid says it at once, so a rerun right after a crash does not wait.
     """
-    import optuna
     from optuna.trial import TrialState
 
     host = socket.gethostname()
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     reaped = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get("worker") or {}
         if owner.get("host") != host or owner.get("pid") == os.getpid() or pid_alive(int(owner.get("pid", 0))):
             continue
-        try:
-            study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
-            study._storage.set_trial_user_attr(t._trial_id, "reason", "its coordinator process died; retried")
-            if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                retry(study, study._storage.get_trial(t._trial_id))
-                reaped += 1
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
+        reaped += _interrupt(study, t._trial_id, "its coordinator process died")
     return reaped
+
+
+def reap_stale_trials(study: Any) -> int:
+    """Fail and re-queue RUNNING trials whose heartbeat stopped: their coordinator died, on any machine.
+
+    Optuna's ``fail_stale_trials`` does this but stores no status or reason, and a finished trial
+    takes no more attributes; here they are written before the trial is failed.
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return 0
+    grace = getattr(getattr(storage, "_backend", storage), "grace_period", None)
+    silent = f" for {grace} s" if grace else ""
+    reaped = 0
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        owner = storage.get_trial(trial_id).user_attrs.get("worker") or {}
+        who = f" ({owner.get('host')}, pid {owner.get('pid')})" if owner else ""
+        reaped += _interrupt(study, trial_id, f"its coordinator{who} sent no heartbeat{silent}")
+    return reaped
+
+
+def _interrupt(study: Any, trial_id: int, why: str) -> bool:
+    """Record a dead coordinator's trial as "interrupted" with ``why``, fail it and retry it once."""
+    import copy
+
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    try:
+        trial = storage.get_trial(trial_id)
+        retried = len(trial.system_attrs.get("retry_history", [])) < 1
+        reason = f"{why}; {'retried with the same parameters' if retried else 'already retried once, not again'}"
+        storage.set_trial_user_attr(trial_id, "status", "interrupted")
+        storage.set_trial_user_attr(trial_id, "reason", reason)
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # its coordinator finished it, or another worker reaped it first
+    # The retry starts clean: it inherits the user attributes, but not this trial's outcome.
+    again = copy.deepcopy(storage.get_trial(trial_id))
+    again.user_attrs = {k: v for k, v in again.user_attrs.items() if k not in ("status", "reason")}
+    retry(study, again)
+    return True
 
 
 class Progress:
@@ -205,7 +243,6 @@ def worker_loop(
     deadline: float | None,
     on_event: Callable[[TrialEvent], None] | None,
 ) -> None:
-    import optuna
     from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.trial import TrialState
 
@@ -220,7 +257,7 @@ def worker_loop(
         if tally.done + tally.running >= cfg.total_trials and not tally.waiting:
             # Others are running the last trials; wait in case one dies and is re-queued.
             time.sleep(1.0)
-            optuna.storages.fail_stale_trials(study)
+            reap_stale_trials(study)
             reap_dead_local_trials(study)
             continue
         trial = claim(study, cfg.total_trials, space, tally.trials)

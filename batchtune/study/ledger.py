@@ -14,7 +14,9 @@ interfaces and keeps the trial's state locally:
    the trial with its parameters and attributes in one transaction (``create_new_trial`` with a
    template);
 3. the trial's number comes from the storage's cache, and the count from step 1 unless other
-   workers created trials in between (then the study is read again);
+   workers created trials in between (then the study is read again). The sampler's random state
+   was set for that expected number (:mod:`batchtune.study.sampler`); when another worker took the
+   number with the same configuration, this copy is told FAIL as "duplicate" and the draw is made again;
 4. the measurements go in one user attribute, and :meth:`LeanTrial.tell` stores the state and
    values (``set_trial_state_values``).
 
@@ -28,6 +30,7 @@ claim it atomically, and Optuna suggests its stored parameters.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -93,12 +96,22 @@ class LeanTrial:
         # here with the trials just read (the sampler reads the running ones itself: constant liar).
         study._thread_local.cached_all_trials = list(trials)
         template = _running(-1, user_attrs)
-        params = _sample(study, template, space)
+        expected = len(trials)  # the number this trial gets unless another worker creates one first
+        with _drawing(study.sampler, expected):
+            params = _sample(study, template, space)
         template.params, template.distributions = params, {name: space[name] for name in params}
         trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
         frozen = _running(trial_id, user_attrs)
-        frozen.number = _number(study._storage, study._study_id, trial_id, len(trials))
+        frozen.number = _number(study._storage, study._study_id, trial_id, expected)
         frozen.params, frozen.distributions = dict(params), dict(template.distributions)
+        if frozen.number != expected and _drawn_before(study, params, expected, frozen.number):
+            # Another worker read the same study at the same moment and drew the same configuration
+            # (batchtune.study.sampler): this copy never runs, and the draw is made again.
+            copy = cls(study, frozen)
+            copy.set_user_attr("status", "duplicate")
+            copy.set_user_attr("reason", f"another worker drew the same configuration as trial {expected}; drawn again")
+            copy.tell(state=TrialState.FAIL)
+            return cls.claim(study, space, user_attrs, study.get_trials(deepcopy=False))
         return cls(study, frozen)
 
     def set_user_attr(self, key: str, value: Any) -> None:
@@ -161,6 +174,17 @@ def _sample(study: Any, template: FrozenTrial, space: Mapping[str, BaseDistribut
         template.params[name] = params[name]
         template.distributions = {**template.distributions, name: distribution}
     return params
+
+
+def _drawing(sampler: Any, number: int) -> Any:
+    """The sampler held and seeded for trial ``number`` (batchtune.study.sampler), if it is batchtune's."""
+    drawing = getattr(sampler, "drawing", None)
+    return drawing(number) if drawing is not None else contextlib.nullcontext()
+
+
+def _drawn_before(study: Any, params: dict[str, Any], first: int, number: int) -> bool:
+    """Whether a trial numbered ``first`` up to ``number`` (exclusive) has exactly ``params``."""
+    return any(first <= t.number < number and t.params == params for t in study.get_trials(deepcopy=False))
 
 
 def _number(storage: Any, study_id: int, trial_id: int, first: int) -> int:

@@ -24,10 +24,12 @@ from batchtune.study.coordinator import (
     gpu_ids,
     make_runner,
     reap_dead_local_trials,
+    reap_stale_trials,
     run_workers,
     trial_spec,
 )
 from batchtune.study.results import status
+from batchtune.study.resume import check_resume, fingerprint
 from batchtune.study.storage import default_storage, open_study
 from batchtune.units import redact_url
 
@@ -126,6 +128,7 @@ def _search(
     say(f"loading and dry-running {cfg.task_path}")
     setup = _load_and_check(cfg, out_dir)
     study = open_study(cfg, _directions(cfg, setup.task.metric_mode))
+    check_resume(study, fingerprint(cfg, metric_mode=setup.task.metric_mode, optimizer_family=setup.family))
     runner = None
     try:
         if cfg.objective == "metric":
@@ -400,9 +403,7 @@ def _record_space_and_meta(study: Any, cfg: SearchConfig, setup: _Setup, plan: T
 
 def _recover_dead_trials(study: Any) -> None:
     """Phase 4: trials whose heartbeat stopped, or whose coordinator on this host died, are failed and retried."""
-    import optuna
-
-    optuna.storages.fail_stale_trials(study)
+    reap_stale_trials(study)
     reap_dead_local_trials(study)
 
 

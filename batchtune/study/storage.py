@@ -41,8 +41,13 @@ def open_storage(
     heartbeat: bool = True,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
+    create_folder: bool = False,
 ) -> Any:
-    """An RDBStorage for ``url``, with heartbeats, or a :class:`StorageError` that says why not."""
+    """An RDBStorage for ``url``, with heartbeats, or a :class:`StorageError` that says why not.
+
+    ``create_folder``: create the SQLite file's folder (only for the default studies/ path; a folder
+    named in a user's URL that does not exist is a typo, refused with :class:`UsageError`).
+    """
     import optuna
     import sqlalchemy.exc
 
@@ -52,6 +57,10 @@ def open_storage(
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
             folder = Path(path).parent
+            if not create_folder and not folder.is_dir():
+                raise UsageError(
+                    f"--storage {redact_url(url)!r}: the folder {folder} does not exist; create it first or fix the path"
+                )
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -95,7 +104,9 @@ def _create_with_retry(make: Any, attempts: int = 5) -> Any:
             return make()
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
             text = str(exc).lower()
-            racing = "duplicate" in text or "already exists" in text or "database is locked" in text
+            # PostgreSQL says "duplicate"/"already exists"; SQLite "database is locked", or a UNIQUE
+            # failure when both processes stamp Optuna's schema version into a new file.
+            racing = any(s in text for s in ("duplicate", "already exists", "database is locked", "unique constraint failed"))
             if attempt == attempts - 1 or not racing:
                 raise
             time.sleep(0.2 + random.random() * 0.5)
@@ -134,15 +145,12 @@ def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True,
     import optuna
     import sqlalchemy.exc
 
+    from batchtune.study.sampler import make_sampler
+
     url = cfg.storage or default_storage(cfg.study_name, cfg.studies_dir)
-    storage = open_storage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_grace)
-    sampler = optuna.samplers.TPESampler(
-        seed=cfg.seed,
-        multivariate=True,
-        group=False,
-        # A handful of random trials first; the default (10) is half of a typical 20-trial budget.
-        n_startup_trials=max(4, min(10, cfg.total_trials // 3)),
-    )
+    storage = open_storage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_grace,
+                           create_folder=cfg.storage is None)
+    sampler = make_sampler(seed=cfg.seed, trials=cfg.total_trials)
     try:
         if create:
             return optuna.create_study(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 SCHEMA = 1
@@ -22,6 +23,33 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def unrecommended_reasons(trials: Any, *, most: int = 3) -> str:
+    """Why nothing is recommended, counted: ``2 failed (ValueError: boom), 1 oom (out of memory ...)``.
+
+    ``trials`` is the table of counted trials (batchtune.study.results.trials_frame); each distinct
+    outcome and reason (its first clause, abridged) is counted, the most frequent first.
+    """
+    if trials.empty:
+        return "no trial finished"
+    tally = Counter(_outcome(row) for _, row in trials.iterrows())
+    parts = [f"{n} {status}" + (f" ({reason})" if reason else "") for (status, reason), n in tally.most_common(most)]
+    rest = sum(n for _, n in tally.most_common()[most:])
+    return ", ".join(parts + ([f"{rest} more"] if rest else []))
+
+
+def _outcome(row: Any) -> tuple[str, str]:
+    if row["status"] == "ok" and not row.get("feasible", True):
+        return "over --memory-budget", ""  # the reason only says by how much
+    return str(row["status"]), _abridged(row["reason"])
+
+
+def _abridged(reason: Any, width: int = 60) -> str:
+    if not isinstance(reason, str) or not reason.strip():
+        return ""
+    first = reason.split("; ")[0].strip()
+    return first if len(first) <= width else first[: width - 3] + "..."
 
 
 def _point(row: Any) -> dict[str, Any]:

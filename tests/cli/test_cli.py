@@ -30,11 +30,51 @@ def one_line_error(result, code):
         (["--storage", "ftp://host/db"], "--storage 'ftp://host/db' has an unknown scheme 'ftp'"),
         (["--batch-sizes", "16,x"], "'16,x' is not a comma-separated list of integers"),
         (["--batch-sizes", "4096"], "--batch-sizes 4096 is larger than the training set (512 samples)"),
+        # issue 14
+        (["--seed", "-1"], "--seed -1 is out of range; use an integer from 0 to 4294967295"),
+        (["--seed", "4294967296"], "--seed 4294967296 is out of range"),
+        (["--trial-timeout", "nan"], "--trial-timeout nan must be a positive number of seconds"),
+        (["--workers", "100000"], "--workers 100000 is more than 4 per CPU core"),
+        (["--batch-sizes", "16,32", "--batch-size-min", "8"], "--batch-size-min does not apply with --batch-sizes"),
+        (["--batch-sizes", "16,32", "--batch-size-max", "64"], "--batch-size-max does not apply with --batch-sizes"),
     ],
 )
 def test_bad_options(cli, tasks, args, message):
     result = cli("search", tasks / "tiny_mlp.py", "--trials", "1", *args)
     assert message in one_line_error(result, 2)
+
+
+def test_storage_in_a_missing_folder_is_refused_not_created(cli, tasks, workdir):
+    url = f"sqlite:///{workdir}/missing_dir/x.db"
+    result = cli("search", tasks / "tiny_mlp.py", "--trials", "1", "--epochs", "0.2", "--threads", "1", "--no-probe",
+                 "--no-doctor", "--no-plots", "--storage", url)
+    assert f"--storage {url!r}: the folder {workdir}/missing_dir does not exist" in one_line_error(result, 2)
+    assert not (workdir / "missing_dir").exists()
+    # The default storage is the one whose folder batchtune creates.
+    assert cli("search", tasks / "tiny_mlp.py", "--trials", "1", "--epochs", "0.2", "--threads", "1", "--no-probe",
+               "--no-doctor", "--no-plots").exit_code == 0
+    assert (workdir / "studies" / "tiny_mlp.db").exists()
+
+
+def test_study_name_with_a_path_writes_nothing_outside(cli, tasks, workdir):
+    (workdir / "inside").mkdir()
+    result = cli("search", tasks / "tiny_mlp.py", "--trials", "1", "--study", "../../escaped", "--output", "inside/reports")
+    assert "--study '../../escaped' is not a plain name (it contains '/')" in one_line_error(result, 2)
+    assert not list(workdir.parent.glob("escaped*")) and not list(workdir.parent.parent.glob("escaped*"))
+    probe = cli("probe", tasks / "tiny_mlp.py", "--name", "../escaped")
+    assert "--name '../escaped' is not a plain name" in one_line_error(probe, 2)
+
+
+@pytest.mark.parametrize("command", ["probe", "check", "noise", "bench"])
+def test_bad_seed_in_every_command(cli, tasks, command):
+    extra = ["--batch-size", "16"] if command == "bench" else []
+    result = cli(command, tasks / "tiny_mlp.py", *extra, "--seed", "-1")
+    assert "--seed -1 is out of range" in one_line_error(result, 2)
+
+
+def test_bench_timeout_nan(cli, tasks):
+    result = cli("bench", tasks / "tiny_mlp.py", "--batch-size", "16", "--timeout", "nan")
+    assert "--timeout nan must be a positive number of seconds" in one_line_error(result, 2)
 
 
 def test_bad_task_file_is_exit_2_without_traceback(cli, workdir):
@@ -60,6 +100,12 @@ def test_init_writes_template_that_passes_the_dry_run(cli, workdir):
     dry_run(task, search_norms(task, None)[0])
     again = cli("init", "mine.py")
     assert "mine.py already exists" in one_line_error(again, 2)
+
+
+def test_init_into_a_missing_folder(cli, workdir):
+    result = cli("init", "missing/dir/model.py")
+    assert "cannot write missing/dir/model.py: the folder missing/dir does not exist" in one_line_error(result, 2)
+    assert not (workdir / "missing").exists()
 
 
 def test_env_prints_facts(cli):

@@ -22,6 +22,15 @@ from batchtune.units import format_bytes, parse_size, redact_url
         ({"storage": "mongodb://x/y"}, r"--storage 'mongodb://x/y' has an unknown scheme 'mongodb'"),
         ({"precisions": ("fp8",)}, r"--precisions: unknown precision"),
         ({"workers": 0}, r"--workers 0 must be at least 1"),
+        # issue 14: values that escaped validation
+        ({"study": "../../etc/x"}, r"--study '../../etc/x' is not a plain name"),
+        ({"study": ".."}, r"--study '..' is not a plain name"),
+        ({"workers": 100000}, r"--workers 100000 is more than"),
+        ({"seed": -1}, r"--seed -1 is out of range; use an integer from 0 to 4294967295"),
+        ({"seed": 2**32}, r"--seed 4294967296 is out of range"),
+        ({"trial_timeout": float("nan")}, r"--trial-timeout nan must be a positive number of seconds"),
+        ({"timeout": float("nan")}, r"--timeout nan must be a positive number of seconds"),
+        ({"eval_every": float("nan")}, r"--eval-every nan must be a positive number of epochs"),
     ],
 )
 def test_impossible_values(kwargs, message):

@@ -24,6 +24,16 @@ from batchtune.trial.train import TrialSpec, run_trial
 FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--lr-rule", "none", "--batch-sizes", "16", "--lr-min", "0.01", "--lr-max", "0.1"]
 
 
+QUICK = ["--epochs", "0.2", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--batch-sizes", "16,32"]
+
+
+def configurations(study) -> list[tuple]:
+    """The sampled configuration of every trial that counts (a retry of an interrupted one included)."""
+    from batchtune.study.results import counts
+
+    return [tuple(sorted(t.params.items())) for t in study.trials if counts(t)]
+
+
 def fault_env(tmp_path: Path, fault: str) -> dict[str, str]:
     return {"BATCHTUNE_TEST_FAULT": fault, "BATCHTUNE_TEST_FAULT_DIR": str(tmp_path)}
 
@@ -51,6 +61,16 @@ def test_failed_trial_is_recorded_and_next_runs_healthy(cli, tasks, workdir, fau
     assert list(trials["status"]) == [status, "ok"]
     assert reason in trials.loc[0, "reason"]
     assert trials.loc[1, "metric"] > 0
+
+
+def test_every_trial_failing_exits_1_with_the_reasons_counted(cli, tasks, workdir):
+    # Issue 14 item 4: "No trial finished feasibly" exited 0, so a CI job passed.
+    env = {**fault_env(workdir, "raise"), "BATCHTUNE_TEST_FAULT_ALWAYS": "1"}
+    result = cli("search", tasks / "faulty.py", "--trials", "2", *FAST, env=env)
+    assert result.exit_code == 1, result.output
+    assert ("no trial finished feasibly, nothing to recommend: 2 failed (ValueError: boom from the model); "
+            "every reason is in reports/faulty/report.md") in result.stderr
+    assert (workdir / "reports" / "faulty" / "report.md").exists()
 
 
 @pytest.mark.parametrize("where", ["forward", "backward", "step"])
@@ -123,6 +143,10 @@ def test_sigkill_of_coordinator_then_rerun_keeps_and_finishes(tasks, workdir):
     assert len(retried) == 1  # the trial the kill interrupted ran again with the same parameters
     original = study.trials[retried[0].system_attrs["failed_trial"]]
     assert original.user_attrs["status"] == "interrupted" and original.params == retried[0].params
+    assert original.user_attrs["reason"] == "its coordinator process died; retried with the same parameters"
+    assert status(retried[0]) == "ok"  # the retry does not inherit the interrupted trial's outcome
+    # The rerun drew new configurations; only the retry repeats the one the kill interrupted.
+    assert len(set(configurations(study))) == 4
 
 
 def test_ctrl_c_marks_trial_interrupted_writes_report_exits_130(tasks, workdir):
@@ -153,12 +177,34 @@ def test_parallel_workers_make_exactly_the_requested_trials(cli, tasks, workdir)
     assert "database is locked" not in result.output
     pids = {t.user_attrs["worker"]["pid"] for t in counted}
     assert len(pids) == 1  # one coordinator process, two worker threads/processes
+    # Issue 14 item 3: every worker draws its own configuration.
+    assert len(set(configurations(study))) == 6
+
+
+def test_resume_draws_new_configurations(cli, tasks, workdir):
+    # Issue 14 item 3: the rerun's sampler replayed the first run's start-up draws (trials 2, 3 = 0, 1).
+    args = ["search", tasks / "tiny_mlp.py", *QUICK]
+    assert cli(*args, "--trials", "2").exit_code == 0
+    first = configurations(_study("sqlite:///studies/tiny_mlp.db", "tiny_mlp"))
+    assert cli(*args, "--trials", "4").exit_code == 0
+    resumed = configurations(_study("sqlite:///studies/tiny_mlp.db", "tiny_mlp"))
+    assert resumed[:2] == first and len(set(resumed)) == 4
+
+
+def test_two_processes_on_one_sqlite_study_draw_distinct_configurations(tasks, workdir):
+    cmd = [sys.executable, "-m", "batchtune", "search", str(tasks / "tiny_mlp.py"), *QUICK, "--trials", "4"]
+    procs = [subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    study = _study("sqlite:///studies/tiny_mlp.db", "tiny_mlp")
+    assert len(configurations(study)) == 4 and len(set(configurations(study))) == 4
 
 
 def test_stale_trial_of_a_dead_machine_is_retried_once(cli, tasks, workdir):
     from batchtune.study.storage import open_storage
 
-    storage = open_storage("sqlite:///studies/faulty.db", heartbeat_interval=1, grace_period=2)
+    storage = open_storage("sqlite:///studies/faulty.db", heartbeat_interval=1, grace_period=2, create_folder=True)
     study = optuna.create_study(study_name="faulty", storage=storage,
                                 directions=["maximize", "maximize", "minimize"])
     ghost = study.ask({"batch_size": optuna.distributions.CategoricalDistribution([16]),
@@ -172,9 +218,36 @@ def test_stale_trial_of_a_dead_machine_is_retried_once(cli, tasks, workdir):
     assert result.exit_code == 0, result.output
     study = _study()
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    # Issue 14 item 6: the dead machine's trial was stored as FAIL with no status and no reason.
+    assert status(study.trials[0]) == "interrupted"
+    assert study.trials[0].user_attrs["reason"] == (
+        "its coordinator (another-machine, pid 1) sent no heartbeat for 2 s; retried with the same parameters"
+    )
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retried) == 1 and retried[0].params == study.trials[0].params
-    assert retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert retried[0].state == optuna.trial.TrialState.COMPLETE and status(retried[0]) == "ok"
+
+
+def test_a_dead_coordinator_s_trial_is_interrupted_with_a_reason_and_its_retry_starts_clean(workdir):
+    import socket
+
+    from batchtune.study.coordinator import reap_dead_local_trials
+    from batchtune.study.results import counts
+    from batchtune.study.storage import open_storage
+
+    storage = open_storage("sqlite:///studies/faulty.db", create_folder=True)
+    study = optuna.create_study(study_name="faulty", storage=storage, directions=["maximize", "maximize", "minimize"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    ghost = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)})
+    ghost.set_user_attr("worker", {"host": socket.gethostname(), "pid": int(dead.stdout)})
+    assert reap_dead_local_trials(study) == 1
+    original, retry = study.trials
+    assert original.state == optuna.trial.TrialState.FAIL and status(original) == "interrupted"
+    assert original.user_attrs["reason"] == "its coordinator process died; retried with the same parameters"
+    # The retry carries the parameters and the worker, not the interrupted outcome (it would never count).
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == original.params
+    assert status(retry) is None and "reason" not in retry.user_attrs and not counts(retry)
 
 
 def test_unwritable_output_keeps_the_study(cli, tasks, workdir):

@@ -11,6 +11,7 @@ from batchtune.study.config import SearchConfig
 from batchtune.study.coordinator import claim, record, trial_space, trial_spec
 from batchtune.study.results import counts, measurements
 from batchtune.study.run import quiet_optuna, trial_plan
+from batchtune.study.sampler import make_sampler
 from batchtune.study.storage import open_storage
 from batchtune.trial.train import TrialResult
 
@@ -114,3 +115,55 @@ def test_claims_past_the_total_are_surplus_and_enqueued_parameters_are_kept(setu
     last = study.get_trials()[-1]
     assert last.state == TrialState.FAIL and last.user_attrs["status"] == "surplus" and not counts(last)
     assert sum(counts(t) for t in study.get_trials()) == cfg.trials
+
+
+def batchtune_study(storage, name="seeded", seed=0):
+    """A study with batchtune's sampler, as one coordinator process opens it (storage.open_study)."""
+    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(seed=seed, trials=10))
+
+
+def drawn(study):
+    return [tuple(sorted(t.params.items())) for t in study.get_trials() if counts(t)]
+
+
+def test_a_fixed_seed_draws_the_same_configurations_in_a_fresh_study(setup, tmp_path):
+    storage, _, cfg, plan = setup
+    runs = []
+    for name in ("one", "two"):
+        optuna.create_study(study_name=name, storage=storage, directions=["maximize", "maximize", "minimize"])
+        study = batchtune_study(storage, name)
+        with quiet_optuna():
+            for i in range(6):
+                one_trial(study, cfg, plan, i)
+        runs.append(drawn(study))
+    assert runs[0] == runs[1] and len(set(runs[0])) == 6
+
+
+def test_a_resume_and_a_second_process_draw_new_configurations(setup):
+    # Issue 14 item 3: TPESampler(seed=--seed) in every process replayed the start-up draws.
+    storage, _, cfg, plan = setup
+    optuna.create_study(study_name="seeded", storage=storage, directions=["maximize", "maximize", "minimize"])
+    with quiet_optuna():
+        first = batchtune_study(storage)
+        for i in range(2):
+            one_trial(first, cfg, plan, i)
+        resumed = batchtune_study(storage)  # a rerun: a new process, a new sampler
+        for i in range(2, 4):
+            one_trial(resumed, cfg, plan, i)
+    assert len(set(drawn(resumed))) == 4
+
+
+def test_workers_that_read_the_study_at_once_do_not_run_the_same_configuration(setup):
+    storage, _, cfg, plan = setup
+    optuna.create_study(study_name="seeded", storage=storage, directions=["maximize", "maximize", "minimize"])
+    a, b = batchtune_study(storage), batchtune_study(storage)
+    space = trial_space(cfg, plan, NORMS)
+    with quiet_optuna():
+        read = a.get_trials(deepcopy=False)  # both processes read the empty study, then both claim
+        first = claim(a, cfg.trials, space, read)
+        second = claim(b, cfg.trials, space, read)
+    trials = a.get_trials()
+    assert first.number == 0 and second.number == 2 and second.params != first.params
+    copy = trials[1]
+    assert copy.params == first.params and copy.state == TrialState.FAIL and not counts(copy)
+    assert copy.user_attrs["status"] == "duplicate" and "drawn again" in copy.user_attrs["reason"]

@@ -37,6 +37,8 @@ def test_two_workers_share_one_study_and_stop_at_the_total(tasks, workdir):
     assert len(counted) == 6 and all(status(t) == "ok" for t in counted)
     # Both processes ran trials.
     assert len({t.user_attrs["worker"]["pid"] for t in counted}) == 2
+    # Issue 14 item 3: and drew distinct configurations (only 4 of 6 were before).
+    assert len({tuple(sorted(t.params.items())) for t in counted}) == 6
     password = URL.split(":")[2].split("@")[0]
     for out, err in outputs:
         assert password not in out and password not in err

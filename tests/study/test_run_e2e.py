@@ -90,8 +90,9 @@ def test_oom_trials_are_recorded_and_study_goes_on(cli, tasks, workdir):
     # --no-probe: the probe would drop 128 before any trial ran (tests/probing/test_measure.py covers that).
     result = cli("search", tasks / "oom_above.py", "--trials", "2", "--batch-sizes", "128", "--norms", "none",
                  "--no-probe", *FAST, env={"BATCHTUNE_TEST_OOM_ABOVE": "64"})
-    assert result.exit_code == 0, result.output
-    assert "nothing to recommend" in result.output
+    # Nothing feasible is a failure of the search (exit 1), with the outcomes counted.
+    assert result.exit_code == 1, result.output
+    assert "nothing to recommend: 2 oom (out of memory" in result.stderr
     trials = pd.read_csv(workdir / "reports" / "oom_above" / "trials.csv")
     assert list(trials["status"]) == ["oom", "oom"]
     assert trials["reason"].str.contains("out of memory").all()
@@ -117,7 +118,8 @@ def test_memory_budget_is_an_optuna_constraint(cli, tasks, workdir):
     # Every CPU trial's peak RSS (torch alone is hundreds of MiB) is far above 1 MiB.
     result = cli("search", tasks / "tiny_mlp.py", "--trials", "2", "--batch-sizes", "32", "--memory-budget", "1MiB",
                  *FAST)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
+    assert "no trial finished feasibly, nothing to recommend: 2 over --memory-budget;" in result.stderr
     study = optuna.load_study(study_name="tiny_mlp", storage="sqlite:///studies/tiny_mlp.db")
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.COMPLETE
@@ -126,3 +128,23 @@ def test_memory_budget_is_an_optuna_constraint(cli, tasks, workdir):
     summary = json.loads((workdir / "reports" / "tiny_mlp" / "summary.json").read_text())
     assert summary["recommendation"] is None and summary["memory_budget_bytes"] == 2**20
     assert "over budget" in (workdir / "reports" / "tiny_mlp" / "report.md").read_text()
+
+
+def test_resume_with_another_task_or_budget_is_refused_before_probing(cli, tasks, workdir, monkeypatch):
+    # Issue 14 items 1-2: a regression study resumed with a classifier, or with another --epochs,
+    # was accepted and mixed trials of different meanings in one table.
+    fast = ["--threads", "1", "--no-plots", "--no-doctor", "--batch-sizes", "16,32"]
+    assert cli("search", tasks / "tiny_min.py", "--trials", "1", "--epochs", "0.5", "--no-probe", *fast).exit_code == 0
+
+    def probe(*args, **kwargs):
+        raise AssertionError("the probe ran before the resume was checked")
+
+    monkeypatch.setattr("batchtune.probing.measure.probe_for_search", probe)
+    other_task = cli("search", tasks / "tiny_mlp.py", "--study", "tiny_min", "--trials", "2", "--epochs", "0.5", *fast)
+    assert other_task.exit_code == 2, other_task.output
+    assert "study 'tiny_min' was created with another task file" in other_task.output
+    other_budget = cli("search", tasks / "tiny_min.py", "--trials", "2", "--epochs", "1", *fast)
+    assert other_budget.exit_code == 2, other_budget.output
+    assert "was created with --epochs 0.5, not 1; run with --epochs 0.5 to resume it" in other_budget.output
+    study = optuna.load_study(study_name="tiny_min", storage="sqlite:///studies/tiny_min.db")
+    assert len(study.trials) == 1 and study.user_attrs["batchtune_meta"]["metric_mode"] == "min"
