@@ -60,7 +60,7 @@ def measure(url: str, n: int) -> dict[str, tuple[list[float], float]]:
     sqlalchemy.event.listen(storage.engine, "before_cursor_execute",
                             lambda *a, **k: statements.__setitem__(0, statements[0] + 1))
     lean, plain = _study(storage), _study(storage)
-    cfg = SearchConfig(task_path="x.py", memory_budget=2**30, lr_rule="none", trials=n)
+    cfg = SearchConfig(task_path="x.py", memory_budget=2**30, lr_rule="none", objective="pareto", trials=n).validated()
     plan = trial_plan(cfg, SIZES, 1000, "sgd", "max")
     progress = Progress(n, "max")
     out: dict[str, tuple[list[float], float]] = {"batchtune": ([], 0.0), "optuna ask/tell": ([], 0.0)}

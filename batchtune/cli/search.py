@@ -93,7 +93,8 @@ def command(task: str, **opts: Any) -> None:
     min_source = click.get_current_context().get_parameter_source("batch_size_min")
     if opts["batch_sizes"] is not None and min_source is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--batch-size-min does not apply with --batch-sizes (the list is searched as given); drop one of them")
-    config = SearchConfig(task_path=task, plots=plots, **opts)
+    # Validated here so that bad input is one line, before any warning about the machine.
+    config = SearchConfig(task_path=task, plots=plots, **opts).validated()
     from batchtune.trial.device import busy_machine
 
     if busy := busy_machine(config.threads):

@@ -174,6 +174,9 @@ class SearchConfig:
             raise UsageError(f"--candidates {self.candidates} must be at least 1")
         if self.rerun_seeds < 0:
             raise UsageError(f"--rerun-seeds {self.rerun_seeds} must be 0 (no re-runs) or more")
+        for name, value in (("--lr-min", self.lr_min), ("--lr-max", self.lr_max)):
+            if value is not None and (not math.isfinite(value) or value <= 0):
+                raise UsageError(f"{name} {value:g} must be a positive learning rate such as 1e-3")
         if (self.lr_min is None) != (self.lr_max is None) and metric and self.lr_rule in (None, "none"):
             raise UsageError("give both --lr-min and --lr-max (a fixed LR range), or neither (the LR range test measures it)")
         measured = self.measured_lr

@@ -228,7 +228,7 @@ def test_search_uses_and_reuses_the_probe(cli, tasks, workdir, monkeypatch):
     import optuna
 
     monkeypatch.setenv("BATCHTUNE_TEST_OOM_ABOVE", "40")
-    args = ["search", tasks / "oom_above.py", "--batch-sizes", "16,32,64", "--norms", "none", "--precisions",
+    args = ["search", tasks / "oom_above.py", "--objective", "pareto", "--batch-sizes", "16,32,64", "--norms", "none", "--precisions",
             "fp32,bf16", "--epochs", "1", "--threads", "1", "--no-plots"]
     first = cli(*args, "--trials", "1")
     assert first.exit_code == 0, first.output
@@ -280,7 +280,7 @@ def test_probe_config_is_validated():
 
 def test_search_refuses_when_no_size_fits(cli, tasks, workdir, monkeypatch):
     monkeypatch.setenv("BATCHTUNE_TEST_OOM_ABOVE", "64")
-    result = cli("search", tasks / "oom_above.py", "--trials", "1", "--batch-sizes", "128", "--norms", "none",
+    result = cli("search", tasks / "oom_above.py", "--objective", "pareto", "--trials", "1", "--batch-sizes", "128", "--norms", "none",
                  "--epochs", "1", "--threads", "1", "--no-plots")
     assert result.exit_code == 2
     assert "none of the batch sizes 128 fits" in result.output and "--no-probe" in result.output

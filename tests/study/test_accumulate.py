@@ -43,7 +43,7 @@ def test_accumulated_micro_batches_match_the_full_batch(tasks):
 
 
 def test_search_reaches_batches_above_the_micro_batch_limit(cli, tasks, workdir):
-    result = cli("search", tasks / "tiny_mlp.py", "--trials", "3", "--batch-sizes", "32,128", "--batch-size-max", "32",
+    result = cli("search", tasks / "tiny_mlp.py", "--objective", "pareto", "--trials", "3", "--batch-sizes", "32,128", "--batch-size-max", "32",
                  "--accumulate", "4", "--norms", "none,layer", "--lr-min", "0.01", "--lr-max", "0.3", "--epochs", "2",
                  "--threads", "1", "--no-plots")
     assert result.exit_code == 0, result.output

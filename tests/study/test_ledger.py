@@ -27,7 +27,7 @@ def setup(tmp_path):
             study_name="ledger", storage=storage, directions=["maximize", "maximize", "minimize"],
             sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, n_startup_trials=4),
         )
-        cfg = SearchConfig(task_path="x.py", memory_budget=2**30, lr_rule="none", trials=10)
+        cfg = SearchConfig(task_path="x.py", memory_budget=2**30, lr_rule="none", objective="pareto", trials=10).validated()
         yield storage, study, cfg, trial_plan(cfg, SIZES, 1000, "sgd", "max")
 
 

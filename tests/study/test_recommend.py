@@ -39,9 +39,9 @@ def test_pareto_front_excludes_dominated_infeasible_and_diverged():
 
 def test_fastest_within_tolerance_wins():
     rec = recommend(T, mode="max")
-    # 0.5 pp of 0.980: trial 1 (0.977) is in, trial 2 (0.960) is not; trial 1 is faster than trial 0.
+    # 1 pp of 0.980: trial 1 (0.977) is in, trial 2 (0.960) is not; trial 1 is faster than trial 0.
     assert rec.trial == 1 and rec.best_trial == 0
-    assert rec.tolerance == Tolerance(0.005, "absolute")
+    assert rec.tolerance == Tolerance(0.01, "absolute")
     assert rec.params == {"batch_size": 64, "lr": 0.1, "norm": "batch"}
     assert "gives up 0.30 points" in rec.reason and "1.80x its throughput" in rec.reason
 

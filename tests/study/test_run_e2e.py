@@ -9,12 +9,13 @@ import pandas as pd
 
 from batchtune.study.results import measurements
 
-FAST = ["--epochs", "2", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor"]
+# The Pareto objective: these tests check its front and report (tests/study/test_measured_e2e.py covers the default).
+FAST = ["--epochs", "2", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--objective", "pareto"]
 
 
 def test_search_writes_report_and_recommends(cli, tasks, workdir):
     result = cli("search", tasks / "tiny_mlp.py", "--trials", "4", "--batch-sizes", "16,32,64", "--lr-min", "0.01",
-                 "--lr-max", "0.3", "--epochs", "2", "--threads", "1")
+                 "--lr-max", "0.3", "--epochs", "2", "--threads", "1", "--objective", "pareto")
     assert result.exit_code == 0, result.output
     assert "Recommended: batch size" in result.output
     out = workdir / "reports" / "tiny_mlp"
