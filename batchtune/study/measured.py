@@ -29,7 +29,7 @@ Phase = Callable[[str], None]
 # The share of the budget each measuring phase may take before it measures less.
 SPEED_SHARE = 0.08
 LR_SHARE = 0.15
-RERUN_SHARE = 0.35
+RERUN_SHARE = 0.4
 
 
 def measure_speed(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tuple[int, ...], norms: tuple[str, ...],
@@ -95,7 +95,7 @@ def measure_lr_windows(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tup
 
 
 def reserve_reruns(cfg: SearchConfig, budget: Budget) -> tuple[int, int]:
-    """(candidates, seeds) the budget keeps for re-runs: fewer candidates when they would take over a third of it."""
+    """(candidates, seeds) the budget keeps for re-runs: fewer candidates when they would take over 40% of it."""
     candidates, seeds = cfg.candidates, cfg.rerun_seeds
     while candidates > 1 and candidates * seeds * budget.trial_samples > RERUN_SHARE * budget.samples:
         candidates -= 1
