@@ -77,3 +77,22 @@ def test_no_finished_candidate_means_no_recommendation():
     failed = Candidate(trial=0, batch_size=16, lr=0.01, norm="batch", precision="fp32", trial_metric=0.9, why="x",
                        metrics=(None, None), seeds=(1000, 1001))
     assert recommend_measured([failed], None, TRIALS, mode="max") is None
+
+
+def test_weak_answers_are_named():
+    from batchtune.study.measured import weak_answer_warnings
+
+    few = trials([(0, "ok", True, 16, 0.01, "batch", "fp32", 0.31, 900.0, 10)])
+    few["lr_position"] = [0.99]
+    near_chance = [candidate(0, 16, 0.31)]
+    noisy = [Candidate(trial=0, batch_size=16, lr=0.01, norm="batch", precision="fp32", trial_metric=0.9, why="x",
+                       metrics=(0.85, 0.95), seeds=(1000, 1001))]
+    text = " ".join(weak_answer_warnings(few, near_chance, mode="max", tolerance=Tolerance(0.01, "absolute"),
+                                         chance=0.3, bounds=object(), rerun_seeds_=2))
+    assert "only 1 trial(s) trained to full length" in text
+    assert "near chance (0.3)" in text
+    assert "top of its measured window" in text
+    text = " ".join(weak_answer_warnings(TRIALS, noisy, mode="max", tolerance=Tolerance(0.01, "absolute"),
+                                         chance=0.1, bounds=None, rerun_seeds_=0))
+    assert "varies by ±0.05 between seeds" in text and "no re-runs" in text
+    assert "near chance" not in text and "only 4 trial(s)" in text
