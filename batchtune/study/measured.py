@@ -30,12 +30,17 @@ Phase = Callable[[str], None]
 SPEED_SHARE = 0.08
 LR_SHARE = 0.15
 RERUN_SHARE = 0.4
+# Fewer ramp steps than this cannot show where the loss turns (10 steps per decade over 6 decades at 50).
+MIN_LR_STEPS = 15
 
 
 def measure_speed(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tuple[int, ...], norms: tuple[str, ...],
-                  device: str, threads: int, budget: Budget, limit_bytes: int | None,
-                  on_phase: Phase | None = None) -> CellTable:
-    """Every cell's speed and memory, interleaved and calibrated; stored in (and reused from) the study."""
+                  device: str, threads: int, budget: Budget, limit_bytes: int | None, warnings: list[str],
+                  on_phase: Phase | None = None) -> CellTable | None:
+    """Every cell's speed and memory, interleaved and calibrated; stored in (and reused from) the study.
+
+    None (with a warning) when even the shortest measurement would take over its share of the budget.
+    """
     cells = [(b, n, p) for b in sizes for n in norms for p in cfg.precisions]
     key = {"cells": [list(c) for c in cells], "device": device, "threads": threads, "limit": limit_bytes,
            "headroom": cfg.headroom}
@@ -49,6 +54,12 @@ def measure_speed(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tuple[in
             steps -= 1
         else:
             rounds -= 1
+    if rounds * (warmup + steps) * per_visit > SPEED_SHARE * budget.samples:
+        warnings.append(
+            f"the budget is too small to measure speed per cell ({len(cells)} cells would take more than "
+            f"{SPEED_SHARE:.0%} of it): the trials' own throughput stands in, measured one trial at a time; raise --budget"
+        )
+        return None
     if on_phase:
         on_phase(f"speed and memory: {len(cells)} cells x {rounds} interleaved rounds of {steps} timed steps")
     table = measure_cells(
@@ -61,7 +72,7 @@ def measure_speed(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tuple[in
 
 
 def measure_lr_windows(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tuple[int, ...], norms: tuple[str, ...],
-                       device: str, threads: int, family: str, budget: Budget,
+                       device: str, threads: int, family: str, budget: Budget, warnings: list[str],
                        on_phase: Phase | None = None) -> tuple[LrBounds, int]:
     """The LR window of every cell from range tests at a few sizes per norm; (bounds, samples spent)."""
     tested = sizes_to_test(sizes)
@@ -71,7 +82,15 @@ def measure_lr_windows(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tup
     if stored and stored.get("key") == key:
         return LrBounds.from_dict(stored["bounds"]), int(stored.get("samples") or 0)
     per_step = sum(tested) * len(norms)
-    steps = max(20, min(LR_STEPS, int(LR_SHARE * budget.samples / max(1, per_step))))
+    # No longer than its share of the budget, nor than a trial at the largest tested size.
+    steps = min(LR_STEPS, int(LR_SHARE * budget.samples / max(1, per_step)), budget.trial_samples // max(tested))
+    if steps < MIN_LR_STEPS:
+        warnings.append(
+            f"the budget is too small for LR range tests ({MIN_LR_STEPS} steps at batch {','.join(map(str, tested))} "
+            f"would take more than {LR_SHARE:.0%} of it, or be longer than a trial): the trials sample the LR in the "
+            "default window; raise --budget or --epochs, or pass --lr-min/--lr-max"
+        )
+        return fit_bounds([], sizes, norms, family), 0  # not stored: a resume with a larger budget measures
     if on_phase:
         on_phase(f"LR range tests: {len(norms)} norm(s) x batch {','.join(map(str, tested))}, {steps} steps each")
     tests = []
@@ -119,9 +138,12 @@ def rerun_candidates(study: Any, runner: Any, cfg: SearchConfig, plan: TrialPlan
                      mode: str, count: int, seeds: int, spec_for: Callable[[Candidate, int], Any],
                      close: float, on_phase: Phase | None = None) -> list[Candidate]:
     """Choose the candidates and re-train each on ``seeds`` fresh seeds; stored as the study's ``candidates``."""
-    speed = {}
     if cells is not None:
         speed = {(c.batch_size, c.norm, c.precision): c.throughput or 0.0 for c in cells.cells.values()}
+    else:  # no cell measurement: the median of the trials' own throughput per cell stands in
+        ok = trials[trials["status"] == "ok"].dropna(subset=["throughput"])
+        speed = {(int(b), str(n), str(p or "fp32")): float(g["throughput"].median())
+                 for (b, n, p), g in ok.groupby(["batch_size", "norm", "precision"])}
     chosen = choose(trials, mode=mode, close=close, speed=speed, count=count)
     done: dict[tuple[Any, ...], dict[str, Any]] = {}
     for old in study.user_attrs.get("candidates") or []:

@@ -265,7 +265,9 @@ def _measure_before_trials(
     sizes = setup.sizes
     if cfg.probe:
         cells = measured.measure_speed(study, runner, cfg, sizes=sizes, norms=setup.norms, device=runner.device,
-                                       threads=setup.threads, budget=budget, limit_bytes=limit, on_phase=say)
+                                       threads=setup.threads, budget=budget, limit_bytes=limit, warnings=warnings,
+                                       on_phase=say)
+    if cells is not None:
         spend.add("speed", cells.samples)
         fitting = {c.batch_size for c in cells.fitting()}
         dropped = [b for b in sizes if b not in fitting]
@@ -283,7 +285,7 @@ def _measure_before_trials(
     if cfg.measured_lr:
         bounds, lr_samples = measured.measure_lr_windows(
             study, runner, cfg, sizes=plan.sizes, norms=setup.norms, device=runner.device, threads=setup.threads,
-            family=setup.family, budget=budget, on_phase=say,
+            family=setup.family, budget=budget, warnings=warnings, on_phase=say,
         )
         spend.add("lr_range", lr_samples)
         plan = replace(plan, lr_bounds=bounds)

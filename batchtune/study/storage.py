@@ -153,7 +153,7 @@ def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True,
     sampler = make_sampler(seed=cfg.seed, trials=cfg.total_trials)
     try:
         if create:
-            return optuna.create_study(
+            study = optuna.create_study(
                 study_name=cfg.study_name,
                 storage=storage,
                 sampler=sampler,
@@ -161,6 +161,10 @@ def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True,
                 directions=directions,
                 load_if_exists=True,
             )
+            # load_if_exists does not compare the objectives of a stored study with the ones asked for.
+            if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
+                raise ValueError(f"{len(study.directions)} objective(s) stored, {len(directions)} asked for")
+            return study
         return optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
         raise StorageError(

@@ -55,9 +55,9 @@ def test_default_search_measures_prunes_reruns_and_states_the_fresh_seeds_mean(c
 
 def test_a_resume_reuses_the_measurements_and_a_larger_budget_adds_trials(cli, tasks, workdir):
     args = ["search", tasks / "tiny_mlp.py", *FAST, "--batch-sizes", "8,16", "--candidates", "2", "--rerun-seeds", "1"]
-    assert cli(*args, "--budget", "8").exit_code == 0
+    assert cli(*args, "--budget", "16").exit_code == 0
     first = summary_of(workdir)
-    again = cli(*args, "--budget", "16")
+    again = cli(*args, "--budget", "24")
     assert again.exit_code == 0, again.output
     assert "LR range tests" not in again.stderr and "speed and memory" not in again.stderr  # reused
     second = summary_of(workdir)
@@ -70,7 +70,9 @@ def test_a_budget_too_small_for_the_trials_says_so(cli, tasks, workdir):
     result = cli("search", tasks / "tiny_mlp.py", "--budget", "2", *FAST, "--batch-sizes", "8")
     assert result.exit_code == 0, result.output
     warnings = " ".join(summary_of(workdir)["warnings"])
-    assert "raise --budget" in warnings
+    assert "too small to measure speed per cell" in warnings and "too small for LR range tests" in warnings
+    assert "2 trials run anyway (the budget is exceeded); raise --budget" in warnings
+    assert "lr_range" not in summary_of(workdir)  # not measured, so not stored for a resume to reuse
     assert math.isfinite(summary_of(workdir)["recommendation"]["metric"])
 
 

@@ -22,6 +22,7 @@ def study():
 
 
 def fp(task, mode="max", family="sgd", **cfg):
+    cfg.setdefault("objective", "pareto")
     return fingerprint(SearchConfig(task_path=str(task), **cfg), metric_mode=mode, optimizer_family=family)
 
 
