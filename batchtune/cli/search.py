@@ -44,7 +44,7 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--warmup-epochs", type=float, default=None, help="Linear LR warm-up per trial [default: 5% of the trial under the linear rule, else 0]."),
         click.option("--objective", type=click.Choice(["metric", "pareto", "time-to-target"]), default="metric", show_default=True,
                      help="metric: the budgeted search (LR range tests, successive halving, re-runs; speed from the cells); pareto: metric, throughput and memory; time-to-target: least training time to reach --target."),
-        click.option("--candidates", type=int, default=3, show_default=True, help="Configurations re-trained on fresh seeds before recommending (--objective metric)."),
+        click.option("--candidates", type=int, default=4, show_default=True, help="Configurations re-trained on fresh seeds before recommending (--objective metric)."),
         click.option("--rerun-seeds", type=int, default=2, show_default=True, help="Fresh seeds per candidate; 0 states one seed's best-of-many (--objective metric)."),
         click.option("--target", type=float, default=None, help="Metric value whose time to reach each trial records, e.g. 0.95."),
         click.option("--accumulate", type=int, default=1, show_default=True,

@@ -4,8 +4,8 @@ The best of many trials, each one seed, over-states what its configuration gives
 *because* its seed was lucky. So the search re-trains a handful of candidates, each on seeds no
 trial used, and states their mean (Cawley and Talbot 2010 call the bias "selection"; the
 over-statement measured on the digits CNN was 1.4 to 21 points). The candidates are the best trial,
-the runner-up, and the fastest cell among the trials close to the best (so a faster configuration
-that is as good gets its chance to be re-trained too).
+the fastest cell among the trials close to the best (so a faster configuration that is as good gets
+its chance to be re-trained too), and the best trials of other cells, then the runners-up.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-# Candidates and fresh seeds per candidate. 3 x 2 re-trains are 6 trial-equivalents: the budget
-# reserves them before the trials start.
-CANDIDATES = 3
+# Candidates and fresh seeds per candidate. 4 x 2 re-trains are 8 trial-equivalents: the budget
+# reserves them before the trials start (fewer candidates when that is over 40% of it).
+CANDIDATES = 4
 SEEDS = 2
 # The fresh seeds start here above --seed, away from every trial's seed (trials use --seed).
 SEED_OFFSET = 1000
@@ -104,6 +104,12 @@ def choose(trials: pd.DataFrame, *, mode: str, close: float, speed: dict[tuple[i
         fastest = max(near.itertuples(index=False), key=lambda r: speed.get(
             (int(r.batch_size), str(r.norm), str(r.precision or "fp32")), 0.0))
         add(pd.Series(fastest._asdict()), "fastest cell close to the best")
+    # Runners-up from cells not picked yet first: another LR in the same cell re-tests little that is new.
+    cells = {(c.batch_size, c.norm, c.precision) for c in picked}
+    for _, row in done.iloc[1:].iterrows():
+        if config(row)[:3] not in cells:
+            add(row, "best of another cell")
+            cells.add(config(row)[:3])
     for _, row in done.iloc[1:].iterrows():
         add(row, "runner-up")
     return picked

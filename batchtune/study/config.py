@@ -138,7 +138,7 @@ class SearchConfig:
     warmup_epochs: float | None = None  # default: 5% of the trial budget under linear, else 0
     objective: str = "metric"  # metric (budgeted, pruned, re-run) | pareto | time-to-target (batchtune.study.target)
     budget: float | None = None  # compute budget in trial-equivalents (metric objective); None: DEFAULT_BUDGET
-    candidates: int = 3  # configurations re-trained on fresh seeds before recommending (metric objective)
+    candidates: int = 4  # configurations re-trained on fresh seeds before recommending (metric objective)
     rerun_seeds: int = 2  # fresh seeds per candidate (0: no re-runs)
     target: float | None = None  # metric value for time to target
     accumulate: int = 1  # most gradient-accumulation steps per optimizer step (1: off)
