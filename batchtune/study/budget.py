@@ -18,7 +18,7 @@ from typing import Any
 # tuned LR; the report names the sizes this leaves out.
 MIN_STEPS = 50
 
-# The phases in the order a search runs them; budget.json and the report list them so.
+# The phases in the order a search runs them; summary.json ("compute") and the report list them so.
 PHASES = ("speed", "lr_range", "trials", "reruns")
 
 

@@ -170,6 +170,11 @@ class SearchConfig:
             raise UsageError(f"--budget is the compute budget of --objective metric, not of {self.objective}; drop it or use --trials")
         if self.budget is not None and (not math.isfinite(self.budget) or self.budget < 1):
             raise UsageError(f"--budget {self.budget:g} must be at least 1 trial-equivalent (one full-length trial)")
+        if metric and self.accumulate > 1:
+            raise UsageError(
+                "--accumulate is not measured by the default search yet (its speed cells and LR tests run the whole "
+                "batch); use it with --objective pareto"
+            )
         if self.candidates < 1:
             raise UsageError(f"--candidates {self.candidates} must be at least 1")
         if self.rerun_seeds < 0:

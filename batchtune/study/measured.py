@@ -42,7 +42,8 @@ def measure_speed(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tuple[in
     None (with a warning) when even the shortest measurement would take over its share of the budget.
     """
     cells = [(b, n, p) for b in sizes for n in norms for p in cfg.precisions]
-    key = {"cells": [list(c) for c in cells], "device": device, "threads": threads, "limit": limit_bytes,
+    key = {"cells": [list(c) for c in cells], "device": device, "threads": 1 if device.startswith("cpu") else threads,
+           "limit": limit_bytes,
            "headroom": cfg.headroom}
     stored = study.user_attrs.get("cells")
     if stored and stored.get("key") == key:
@@ -173,7 +174,7 @@ def rerun_candidates(study: Any, runner: Any, cfg: SearchConfig, plan: TrialPlan
         else:
             fresh_used = fresh
         out.append(replace(c, metrics=tuple(metrics), seeds=tuple(fresh_used), failures=tuple(failures), samples=samples))
-    study.set_user_attr("candidates", [c.to_dict() for c in out])
+        study.set_user_attr("candidates", [c.to_dict() for c in out])  # each as it finishes: a Ctrl-C keeps them
     return out
 
 

@@ -27,10 +27,12 @@ class BatchStratifiedHalving(optuna.pruners.BasePruner):
     among the best ``1/reduction_factor`` of them and itself.
     """
 
-    def __init__(self, min_resource: int, reduction_factor: int = 3, key: str = "batch_size") -> None:
+    def __init__(self, min_resource: int, reduction_factor: int = 3, key: str = "batch_size",
+                 max_resource: int | None = None) -> None:
         self.min_resource = max(1, int(min_resource))
         self.reduction_factor = reduction_factor
         self.key = key
+        self.max_resource = max_resource  # a trial's full length: no rung there (it has trained in full)
 
     def rung_crossed(self, steps: list[int]) -> int | None:
         """The rung that the last of ``steps`` (sorted) reached first, or None."""
@@ -40,7 +42,10 @@ class BatchStratifiedHalving(optuna.pruners.BasePruner):
         crossed = None
         k = 0
         while self.min_resource * self.reduction_factor**k <= last:
-            if self.min_resource * self.reduction_factor**k > before:
+            boundary = self.min_resource * self.reduction_factor**k
+            if self.max_resource is not None and boundary >= self.max_resource:
+                break
+            if boundary > before:
                 crossed = k
             k += 1
         return crossed

@@ -127,6 +127,9 @@ def _search(
     say = on_phase or (lambda line: log.info("%s", line))
     say(f"loading and dry-running {cfg.task_path}")
     setup = _load_and_check(cfg, out_dir)
+    if cfg.objective == "metric" and cfg.eval_every is None and cfg.budget_samples is not None:
+        # As config.validated does for --epochs: evaluate at the rungs of successive halving (1/9 of a trial).
+        cfg = replace(cfg, eval_every=max(0.25, min(1.0, cfg.budget_samples / setup.train_size / 9)))
     study = open_study(cfg, _directions(cfg, setup.task.metric_mode))
     check_resume(study, fingerprint(cfg, metric_mode=setup.task.metric_mode, optimizer_family=setup.family))
     runner = None
@@ -294,7 +297,7 @@ def _measure_before_trials(
     from batchtune.study.pruning import BatchStratifiedHalving
 
     # Rungs at 1/9 and 1/3 of a trial (reduction factor 3), each trial against its own batch size.
-    study.pruner = BatchStratifiedHalving(max(1, full // 9))
+    study.pruner = BatchStratifiedHalving(max(1, full // 9), max_resource=full * 8 // 9)
     plan = replace(plan, trial_budget=measured.trial_budget(budget, spend, reserved, warnings), trial_samples=full)
     study.set_user_attr("budget", {**spend.to_dict(), "reserved_reruns": {"candidates": count, "seeds": seeds},
                                    "left_out": {str(b): why for b, why in setup.left_out.items()}})
@@ -392,7 +395,8 @@ def _record_space_and_meta(study: Any, cfg: SearchConfig, setup: _Setup, plan: T
         "memory_budget": cfg.memory_budget,
         "current_batch_size": cfg.current_batch_size,
         "environment": environment(setup.device, threads=setup.threads),
-        "objectives": ["time_to_target"] if plan.objective == "time-to-target" else ["metric", "throughput", "peak_memory_bytes"],
+        "objectives": {"time-to-target": ["time_to_target"], "metric": ["metric"]}.get(
+            plan.objective, ["metric", "throughput", "peak_memory_bytes"]),
         "objective": plan.objective,
         "target": plan.target,
         "lr_rule": plan.rule,

@@ -51,3 +51,13 @@ def test_minimising_keeps_the_lowest():
     pruner = BatchStratifiedHalving(min_resource=10)
     assert not pruner.prune(study, frozen(16, {10: 0.5}))
     assert pruner.prune(study, frozen(16, {10: 2.5}))
+
+
+def test_no_rung_at_the_full_length_of_a_trial():
+    study = optuna.create_study(direction="maximize")
+    for v in (0.9, 0.8, 0.7):
+        add(study, 16, {100: v, 300: v, 900: v})
+    # Rungs would fall at 100, 300 and 900 samples; 900 is the trial's full length: it trained in full.
+    pruner = BatchStratifiedHalving(min_resource=100, max_resource=800)
+    assert not pruner.prune(study, frozen(16, {100: 0.95, 300: 0.95, 900: 0.1}))
+    assert BatchStratifiedHalving(min_resource=100).prune(study, frozen(16, {100: 0.95, 300: 0.95, 900: 0.1}))
