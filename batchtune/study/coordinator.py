@@ -270,12 +270,20 @@ def worker_loop(
             trial.tell(state=TrialState.FAIL)
             return
         watch = plan.watch(trial, spec.effective_batch_size)
-        heartbeat = get_heartbeat_thread(trial.trial_id, study._storage)
-        heartbeat.start()
-        try:
-            result = runner.run(spec, timeout=cfg.trial_timeout, on_report=watch)
-        finally:
-            heartbeat.join()
+        unfit = plan.unfit.get(f"{spec.effective_batch_size}/{spec.norm}/{spec.precision}")
+        if unfit is not None:
+            # The cell measurement already ran this cell: it does not fit, so the trial is not trained.
+            from batchtune.trial.train import TrialResult
+
+            result = TrialResult(status="oom", reason=f"not run: the speed and memory measurement found {unfit}")
+            watch = None
+        else:
+            heartbeat = get_heartbeat_thread(trial.trial_id, study._storage)
+            heartbeat.start()
+            try:
+                result = runner.run(spec, timeout=cfg.trial_timeout, on_report=watch)
+            finally:
+                heartbeat.join()
         if watch is not None:
             watch.settle(result)
         if stop.is_set() and result.status in ("failed", "timeout"):

@@ -8,7 +8,7 @@ and the pruner, and says what to record and what to tell the study.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from batchtune.study import lr_rule
@@ -30,6 +30,7 @@ class TrialPlan:
     lr_bounds: Any = None  # batchtune.study.lr_range.LrBounds: each cell's measured LR window
     trial_budget: int | None = None  # samples the trials may train on in total (metric objective)
     trial_samples: int = 0  # training samples of one full-length trial
+    unfit: dict[str, str] = field(default_factory=dict)  # "batch/norm/precision" -> why the cell is not searched
 
     @property
     def sizes(self) -> tuple[int, ...]:

@@ -298,7 +298,9 @@ def _measure_before_trials(
 
     # Rungs at 1/9 and 1/3 of a trial (reduction factor 3), each trial against its own batch size.
     study.pruner = BatchStratifiedHalving(max(1, full // 9), max_resource=full * 8 // 9)
-    plan = replace(plan, trial_budget=measured.trial_budget(budget, spend, reserved, warnings), trial_samples=full)
+    unfit = {c.key: str(c.error or c.over_limit) for c in cells.cells.values() if not c.fits} if cells is not None else {}
+    plan = replace(plan, trial_budget=measured.trial_budget(budget, spend, reserved, warnings), trial_samples=full,
+                   unfit=unfit)
     study.set_user_attr("budget", {**spend.to_dict(), "reserved_reruns": {"candidates": count, "seeds": seeds},
                                    "left_out": {str(b): why for b, why in setup.left_out.items()}})
     return plan, spend, warnings

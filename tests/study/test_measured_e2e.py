@@ -80,3 +80,17 @@ def test_budget_belongs_to_the_metric_objective(cli, tasks, workdir):
     result = cli("search", tasks / "tiny_mlp.py", "--budget", "5", "--objective", "pareto", *FAST)
     assert result.exit_code == 2
     assert "--budget is the compute budget of --objective metric" in result.stderr
+
+
+def test_sizes_that_do_not_fit_are_left_out_by_the_cell_measurement(cli, tasks, workdir, monkeypatch):
+    monkeypatch.setenv("BATCHTUNE_TEST_OOM_ABOVE", "32")
+    result = cli("search", tasks / "oom_above.py", "--budget", "40", "--batch-sizes", "16,32,64", "--norms", "none",
+                 "--threads", "1", "--no-plots", "--no-doctor", "--epochs", "1", "--candidates", "1",
+                 "--rerun-seeds", "1")
+    assert result.exit_code == 0, result.output
+    s = summary_of(workdir, "oom_above")
+    assert s["search_space"]["batch_sizes"] == [16, 32]
+    assert "does not fit" in s["compute"]["left_out"]["64"] and "out of memory" in s["compute"]["left_out"]["64"]
+    cell = next(c for c in s["cells"] if c["batch_size"] == 64)
+    assert not cell["fits"] and "out of memory" in cell["error"]
+    assert "batch size 64 left out: does not fit" in result.stderr
