@@ -161,8 +161,9 @@ def open_study(cfg: SearchConfig, directions: list[Any], *, create: bool = True,
                 directions=directions,
                 load_if_exists=True,
             )
-            # load_if_exists does not compare the objectives of a stored study with the ones asked for.
-            if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
+            # load_if_exists does not compare the objectives of a stored study with the ones asked for
+            # (a changed direction is a changed metric mode, which the resume check names).
+            if len(study.directions) != len(directions):
                 raise ValueError(f"{len(study.directions)} objective(s) stored, {len(directions)} asked for")
             return study
         return optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner)
