@@ -62,6 +62,8 @@ def lr_rule_section(result: Any) -> list[str]:
     rec = result.recommendation
     space = result.summary.get("search_space") or {}
     rule = space.get("lr_rule", "none")
+    if space.get("objective") == "metric" and rule == "none":
+        return []  # the LR windows section says how the LR scales, as measured
     lines = ["## Learning rate by batch size", ""]
     if rec is None or not rec.lr_table:
         lines += [f"The search used {lr_rule.describe(rule)}; pass `--lr-rule linear` or `sqrt` for a table "
