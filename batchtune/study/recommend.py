@@ -290,7 +290,9 @@ def recommend_measured(
     """The rule of the default search (README, "How batchtune recommends").
 
     1. Each candidate's metric is the mean over its fresh seeds (:mod:`batchtune.study.candidates`).
-    2. Those within the tolerance of the best mean are as good.
+    2. Those within the tolerance of the best mean, by more than the seeds' uncertainty of the gap,
+       are as good (two seeds' half range is the standard error of their mean; at least a quarter of
+       the tolerance, since two seeds can agree by chance).
     3. Of those, the fastest cell (calibrated, interleaved speed from :mod:`batchtune.study.cells`)
        wins, but only when it is faster beyond the timing noise (its interval of the speed ratio lies
        above 1 + the tie band); when the speeds can't be told apart, the better mean wins.
@@ -303,7 +305,7 @@ def recommend_measured(
     tol = tolerance or default_tolerance(pd.Series([c.mean for c in measured] + list(trials["metric"].dropna())), mode)
     sign = 1.0 if mode == "max" else -1.0
     best = max(measured, key=lambda c: sign * c.mean)
-    good = [c for c in measured if within(c.mean, best.mean, tol, mode)]
+    good = [c for c in measured if _as_good(c, best, tol, mode)]
 
     def cell(c: Any) -> Any:
         return cells.get(c.batch_size, c.norm, c.precision) if cells is not None else None
@@ -332,6 +334,16 @@ def recommend_measured(
         lr_advice=lr_advice(pick.batch_size, pick.lr, current_batch_size, optimizer_family),
         objective="metric",
     )
+
+
+def _as_good(c: Any, best: Any, tol: Tolerance, mode: str) -> bool:
+    """Within the tolerance of the best mean even after the seeds' uncertainty of the gap is added to it."""
+    if c is best:
+        return True
+    limit = tol.value if tol.kind == "absolute" else tol.value * abs(best.mean)
+    gap = (best.mean - c.mean) if mode == "max" else (c.mean - best.mean)
+    uncertainty = max(math.hypot(c.spread or 0.0, best.spread or 0.0), limit / 4)
+    return gap + uncertainty <= limit + 1e-12
 
 
 def _seeds_text(c: Any) -> str:

@@ -96,3 +96,13 @@ def test_weak_answers_are_named():
                                          chance=0.1, bounds=None, rerun_seeds_=0))
     assert "varies by ±0.05 between seeds" in text and "no re-runs" in text
     assert "near chance" not in text and "only 4 trial(s)" in text
+
+
+def test_a_gap_at_the_edge_of_the_tolerance_is_not_as_good_once_the_seeds_uncertainty_is_added():
+    best = candidate(0, 32, 0.9916)
+    edge = Candidate(trial=1, batch_size=128, lr=0.01, norm="layer", precision="fp32", trial_metric=0.975, why="x",
+                     metrics=(0.9805, 0.9833), seeds=(1000, 1001))  # 0.9819: 0.97 points below, within 1 point
+    clear = table(speed_cell(32, [[1.0]] * 4), Cell(batch_size=128, norm="layer", precision="fp32",
+                                                     ratios=((3.0,),) * 4, reference=0.001))
+    rec = recommend_measured([best, edge], clear, TRIALS, mode="max", tolerance=Tolerance(0.01, "absolute"))
+    assert rec.trial == 0
