@@ -7,8 +7,8 @@ For each example, every batch size x learning rate (half-decade steps) x allowed
 kept beside it). Resumable: rows already in the CSV are skipped, so an interrupted run picks up
 where it stopped; ``--force`` starts an example afresh.
 
-On 2 CPU cores, one thread: digits_mlp ~384 runs x ~1 s (~7 min), digits_cnn ~384 runs x 3-6 s
-(~25 min), tiny_transformer 108 runs x ~2-4 s (~6 min); about 40 minutes for all three.
+On 2 shared CPU cores, one thread (measured 2026-11): digits_mlp 384 runs x ~1 s (~6 min),
+digits_cnn 384 runs x ~5 s (~32 min), tiny_transformer 108 runs x ~4 s (~7 min); ~45 min in all.
 
     python benchmarks/search_grid.py [--examples digits_mlp,digits_cnn,tiny_transformer] [--force]
 """
@@ -70,7 +70,18 @@ def done_keys(path: Path) -> set[tuple[int, str, str, int]]:
         return {key(r["batch_size"], r["lr"], r["norm"], r["seed"]) for r in csv.DictReader(f)}
 
 
-def run_example(example: str, force: bool) -> None:
+def append_row(path: Path, row: dict[str, object]) -> None:
+    # Opened per row: if a git checkout swaps the file underneath, later rows still land in the
+    # file at the path instead of in the unlinked one (rows lost that way are rerun by main()).
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def run_example(example: str, force: bool) -> int:
     settings = EXAMPLES[example]
     task = load_task(ROOT / "examples" / f"{example}.py")
     norms, _ = search_norms(task, None)
@@ -102,33 +113,28 @@ def run_example(example: str, force: bool) -> None:
         meta["epochs_note"] = settings["epochs_note"]
     train_set = make_dataset(task, "train")
     val_set = make_dataset(task, "val")
-    new = not csv_path.exists()
     start = time.perf_counter()
-    with csv_path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        for i, (b, lr, norm, seed) in enumerate(todo, 1):
-            spec = TrialSpec(batch_size=b, lr=lr, norm=norm, epochs=settings["epochs"], seed=seed, threads=1)
-            result = run_trial(task, spec, train_set, val_set)
-            metric = result.final_metric
-            if result.status != "ok" or metric is None or not math.isfinite(metric):
-                metric = settings["chance"]
-            writer.writerow({
-                "batch_size": b, "lr": f"{lr:.6g}", "norm": norm, "seed": seed, "status": result.status,
-                "metric": f"{metric:.6f}", "throughput": f"{result.throughput:.1f}" if result.throughput else "",
-                "seconds": f"{result.wall_time:.2f}",
-            })
-            f.flush()  # each row is on disk before the next run, so a kill loses at most one run
-            elapsed = time.perf_counter() - start
-            print(f"  [{i:>3}/{len(todo)}] {example} batch {b:>3} lr {lr:<8g} {norm:<8} seed {seed} "
-                  f"{result.status:<8} metric {metric:.4f} {result.wall_time:5.1f} s  "
-                  f"(eta {elapsed / i * (len(todo) - i) / 60:.1f} min)", flush=True)
+    for i, (b, lr, norm, seed) in enumerate(todo, 1):
+        spec = TrialSpec(batch_size=b, lr=lr, norm=norm, epochs=settings["epochs"], seed=seed, threads=1)
+        result = run_trial(task, spec, train_set, val_set)
+        metric = result.final_metric
+        if result.status != "ok" or metric is None or not math.isfinite(metric):
+            metric = settings["chance"]
+        append_row(csv_path, {
+            "batch_size": b, "lr": f"{lr:.6g}", "norm": norm, "seed": seed, "status": result.status,
+            "metric": f"{metric:.6f}", "throughput": f"{result.throughput:.1f}" if result.throughput else "",
+            "seconds": f"{result.wall_time:.2f}",
+        })
+        elapsed = time.perf_counter() - start
+        print(f"  [{i:>3}/{len(todo)}] {example} batch {b:>3} lr {lr:<8g} {norm:<8} seed {seed} "
+              f"{result.status:<8} metric {metric:.4f} {result.wall_time:5.1f} s  "
+              f"(eta {elapsed / i * (len(todo) - i) / 60:.1f} min)", flush=True)
     meta["completed"] = len(done_keys(csv_path) & {key(*c) for c in cells})
     meta["date"] = datetime.datetime.now().isoformat(timespec="seconds")
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
     print(f"{example}: {meta['completed']}/{len(cells)} runs in {csv_path.relative_to(ROOT)} "
           f"({time.perf_counter() - start:.0f} s this time)", flush=True)
+    return len(cells) - meta["completed"]
 
 
 def main() -> None:
@@ -141,7 +147,10 @@ def main() -> None:
     for example in args.examples.split(","):
         if example not in EXAMPLES:
             raise SystemExit(f"unknown example {example!r}; choose from {', '.join(EXAMPLES)}")
-        run_example(example, args.force)
+        missing = run_example(example, args.force)
+        # Rows can go missing if the CSV is replaced while the grid runs; a second pass reruns them.
+        if missing:
+            run_example(example, False)
 
 
 if __name__ == "__main__":
