@@ -35,6 +35,10 @@ class Tolerance:
     value: float
     kind: str
 
+    def limit(self, best: float) -> float:
+        """The allowed gap below ``best``, in metric units."""
+        return self.value if self.kind == "absolute" else self.value * abs(best)
+
     def describe(self) -> str:
         if self.kind == "relative":
             return f"{self.value:.2%} relative"

@@ -20,7 +20,6 @@ from batchtune.study.cells import CellTable, measure_cells
 from batchtune.study.config import SearchConfig
 from batchtune.study.lr_range import STEPS as LR_STEPS
 from batchtune.study.lr_range import LrBounds, RangeTest, fit_bounds, sizes_to_test
-from batchtune.study.plan import TrialPlan
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,7 @@ def trial_budget(budget: Budget, spend: Spend, reserved: int, warnings: list[str
     return left
 
 
-def rerun_candidates(study: Any, runner: Any, cfg: SearchConfig, plan: TrialPlan, *, trials: Any, cells: CellTable | None,
+def rerun_candidates(study: Any, runner: Any, cfg: SearchConfig, *, trials: Any, cells: CellTable | None,
                      mode: str, count: int, seeds: int, spec_for: Callable[[Candidate, int], Any],
                      close: float, on_phase: Phase | None = None) -> list[Candidate]:
     """Choose the candidates and re-train each on ``seeds`` fresh seeds; stored as the study's ``candidates``."""
@@ -195,8 +194,7 @@ def weak_answer_warnings(trials: Any, candidates: list[Candidate], *, mode: str,
     if tolerance is not None:
         for c in candidates:
             if c.spread is not None and c.mean is not None:
-                limit = tolerance.value if tolerance.kind == "absolute" else tolerance.value * abs(c.mean)
-                if c.spread > limit:
+                if c.spread > tolerance.limit(c.mean):
                     out.append(f"trial {c.trial}'s configuration varies by ±{c.spread:.4g} between seeds, more than the "
                                f"{tolerance.describe()} tolerance: its ranking against the others is uncertain; raise "
                                "--rerun-seeds")

@@ -99,8 +99,7 @@ def default_tolerance(values: pd.Series, mode: str) -> Tolerance:
 
 def within(value: float, best: float, tol: Tolerance, mode: str) -> bool:
     gap = (best - value) if mode == "max" else (value - best)
-    limit = tol.value if tol.kind == "absolute" else tol.value * abs(best)
-    return gap <= limit + 1e-12
+    return gap <= tol.limit(best) + 1e-12
 
 
 def recommend(
@@ -340,7 +339,7 @@ def _as_good(c: Any, best: Any, tol: Tolerance, mode: str) -> bool:
     """Within the tolerance of the best mean even after the seeds' uncertainty of the gap is added to it."""
     if c is best:
         return True
-    limit = tol.value if tol.kind == "absolute" else tol.value * abs(best.mean)
+    limit = tol.limit(best.mean)
     gap = (best.mean - c.mean) if mode == "max" else (c.mean - best.mean)
     uncertainty = max(math.hypot(c.spread or 0.0, best.spread or 0.0), limit / 4)
     return gap + uncertainty <= limit + 1e-12

@@ -208,7 +208,8 @@ def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
     norms, norm_note = search_norms(task, cfg.norms)
     dry_run(task, norms)
     train_size = len(make_dataset(task, "train"))
-    val_size = len(make_dataset(task, "val"))
+    val_set = make_dataset(task, "val")
+    val_size = len(val_set)
     sizes = batch_size_choices(cfg, train_size)
     left_out: dict[int, str] = {}
     if cfg.objective == "metric" and cfg.batch_sizes is None:
@@ -224,7 +225,7 @@ def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
         sizes=sizes, family=family, gpus=gpus, workers=workers,
         threads=cfg.threads or default_threads(workers),
         url=cfg.storage or default_storage(cfg.study_name, cfg.studies_dir),
-        left_out=left_out, chance=None if task.custom_metric else majority_share(make_dataset(task, "val")),
+        left_out=left_out, chance=None if task.custom_metric else majority_share(val_set),
     )
 
 
@@ -322,7 +323,7 @@ def _rerun_and_account(
     ok = trials[trials["status"] == "ok"]["metric"].dropna() if not trials.empty else trials
     tol = cfg.tolerance or default_tolerance(ok, mode) if len(ok) else cfg.tolerance
     best = float(ok.max() if mode == "max" else ok.min()) if len(ok) else 0.0
-    close = 2 * ((tol.value if tol.kind == "absolute" else tol.value * abs(best)) if tol is not None else 0.0)
+    close = 2 * tol.limit(best) if tol is not None else 0.0
     stored_cells = study.user_attrs.get("cells")
     cells = CellTable.from_dict(stored_cells) if stored_cells else None
     count, seeds = measured.reserve_reruns(cfg, spend.budget)
@@ -333,7 +334,7 @@ def _rerun_and_account(
         params = {"batch_size": c.batch_size, "norm": c.norm, "precision": c.precision, "lr": c.lr}
         return trial_spec(params, replace(cfg, seed=seed), fixed, runner.device, setup.threads)[0]
 
-    candidates = measured.rerun_candidates(study, runner, cfg, plan, trials=trials, cells=cells, mode=mode, count=count,
+    candidates = measured.rerun_candidates(study, runner, cfg, trials=trials, cells=cells, mode=mode, count=count,
                                            seeds=seeds, spec_for=spec_for, close=close, on_phase=say)
     spend.add("reruns", sum(c.samples for c in candidates))
     bounds = plan.lr_bounds
