@@ -80,6 +80,12 @@ class Cell:
             return None
         return self.batch_size / (ratio * self.reference)
 
+    def round_throughputs(self) -> list[float]:
+        """The cell's samples/s in each round (median step of the round), at the table's reference time."""
+        if not self.reference:
+            return []
+        return [self.batch_size / (float(np.median(r)) * self.reference) for r in self.ratios if r]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "batch_size": self.batch_size, "norm": self.norm, "precision": self.precision,

@@ -94,6 +94,9 @@ def build_summary(result: Any, meta: dict[str, Any], study: Any) -> dict[str, An
                                "tests": [{k: t.get(k) for k in ("batch_size", "norm", "lr_at_min", "error")}
                                          for t in stored.get("tests") or []]}
     if "cells" in study.user_attrs:
-        stored = study.user_attrs["cells"]
-        summary["cells"] = [{k: v for k, v in c.items() if k != "ratios"} for c in stored.get("cells") or []]
+        from batchtune.study.cells import Cell
+
+        cells = [Cell.from_dict(c) for c in study.user_attrs["cells"].get("cells") or []]
+        summary["cells"] = [{**{k: v for k, v in c.to_dict().items() if k != "ratios"},
+                             "throughput_rounds": c.round_throughputs()} for c in cells]
     return _clean(summary)
