@@ -108,40 +108,47 @@ def _run_search(config: Any, as_json: bool) -> None:
     lock = threading.Lock()
 
     def on_start(info: dict[str, Any]) -> None:
-        click.echo(
+        _wrapped(
             f"study {info['study']} ({info['storage']}) on {info['device']}: batch sizes "
             f"{','.join(map(str, info['batch_sizes']))}; norms {','.join(info['norms'])}; "
             f"{info['workers']} worker(s)",
             err=True,
         )
-        for size, why in (info.get("left_out") or {}).items():
-            click.echo(f"batch size {size} left out: {why}", err=True)
+        left_out = info.get("left_out") or {}
+        short = [str(b) for b, why in left_out.items() if "optimizer steps per trial" in why]
+        if short:
+            _wrapped(f"batch sizes {', '.join(short)} left out: fewer than 50 optimizer steps per trial, too few to "
+                     "judge within the budget; raise --epochs, or pass --batch-sizes to search them anyway", err=True)
+        for size, why in left_out.items():
+            if str(size) not in short:
+                _wrapped(f"batch size {size} left out: {why}", err=True)
         if info.get("lr_rule") not in (None, "none"):
             click.echo(f"lr rule {info['lr_rule']}: --lr-min/--lr-max bound the base lr at batch {info['lr_reference_batch']}", err=True)
 
     def on_event(ev: Any) -> None:
-        width = 20
+        width = 10
         share = ev.budget_used if ev.budget_used is not None else min(ev.done, ev.total) / max(1, ev.total)
         filled = int(width * min(1.0, share))
         bar = "#" * filled + "-" * (width - filled)
         count = f"{min(share, 9.99):>4.0%}" if ev.budget_used is not None else f"{ev.done:>3}/{ev.total}"
         p = ev.params
-        what = f"batch {p['batch_size']:>5} lr {p['lr']:.2e} {p['norm']:<8}"
+        what = f"b{p['batch_size']:<4} lr {p['lr']:.2e} {p['norm']:<6}"
         if p.get("accumulate", 1) > 1:
             what += f" ({p['micro_batch']}x{p['accumulate']})"
         if ev.status == "ok":
-            detail = f"metric {ev.metric:.4f}  {ev.throughput:>10,.0f} samples/s  {format_bytes(ev.peak_memory_bytes):>10}"
+            detail = f"{ev.metric:.4f} {ev.throughput:>8,.0f}/s"
         elif ev.status == "pruned" and ev.metric is not None:
-            detail = f"pruned at metric {ev.metric:.4f}"
+            detail = f"pruned at {ev.metric:.4f}"
         else:
-            detail = f"{ev.status.upper()}: {(ev.reason or '')[:70]}"
+            detail = f"{ev.status.upper()}: {(ev.reason or '')[:40]}"
         best = f"best {ev.best_metric:.4f}" if ev.best_metric is not None else "best -"
         with lock:
-            click.echo(f"[{bar}] {count}  #{ev.number:<3} {what} {detail}  | {best}", err=True)
+            # Fits 80 columns: the full figures are in the report and trials.csv.
+            click.echo(f"[{bar}] {count} #{ev.number:<3} {what} {detail} | {best}", err=True)
 
     def on_phase(line: str) -> None:
         with lock:
-            click.echo(f"== {line}", err=True)
+            _wrapped(f"== {line}", err=True)
 
     result = run_search(config, on_event=on_event, on_start=on_start, on_phase=on_phase)
     render_result(result, as_json)
@@ -153,6 +160,15 @@ def _run_search(config: Any, as_json: bool) -> None:
 
         where = f"; every reason is in {result.paths['markdown']}" if "markdown" in result.paths else ""
         raise click.ClickException(f"no trial finished feasibly, nothing to recommend: {unrecommended_reasons(result.trials)}{where}")
+
+
+def _wrapped(text: str, err: bool = False) -> None:
+    """A paragraph wrapped at the terminal's width (80 when it is not a terminal), never mid-word."""
+    import shutil
+    import textwrap
+
+    width = min(100, shutil.get_terminal_size((80, 24)).columns) - 1
+    click.echo(textwrap.fill(text, width=width, subsequent_indent="  ", break_long_words=False), err=err)
 
 
 def render_result(result: Any, as_json: bool) -> None:
@@ -169,11 +185,11 @@ def render_result(result: Any, as_json: bool) -> None:
         p = rec.params
         micro = f" as {p['micro_batch']} x {p['accumulate']} accumulated micro-batches" if "accumulate" in p else ""
         ttt = f", {rec.time_to_target:.3g} s to target" if rec.time_to_target is not None else ""
-        click.echo(
+        _wrapped(
             f"Recommended: batch size {p['batch_size']}{micro}, lr {p['lr']:.3g}, {p['norm']} norm "
             f"(metric {rec.metric:.4g}, {rec.throughput:,.0f} samples/s, {format_bytes(rec.peak_memory_bytes)}{ttt})"
         )
-        click.echo(rec.reason)
+        _wrapped(rec.reason)
         if rec.lr_table:
             pairs = ", ".join(f"{r['batch_size']}: {r['lr']:.3g}" for r in rec.lr_table)
             click.echo(f"lr by batch size ({rec.lr_rule} rule, base {rec.base_lr:.3g} at batch {rec.lr_reference_batch}): {pairs}")
@@ -181,7 +197,7 @@ def render_result(result: Any, as_json: bool) -> None:
             click.echo(rec.lr_advice)
     summary = result.summary
     for warning in summary.get("warnings") or []:
-        click.echo(f"warning: {warning}")
+        _wrapped(f"warning: {warning}")
     if summary.get("candidates"):
         click.echo("")
         click.echo("Candidates re-trained on fresh seeds:")
@@ -189,13 +205,15 @@ def render_result(result: Any, as_json: bool) -> None:
             q = c["params"]
             mean = f"{c['mean']:.4g}" if c.get("mean") is not None else "failed"
             spread = f" ± {c['spread']:.2g}" if c.get("spread") is not None else ""
-            click.echo(f"  trial {c['trial']:>3}  batch {q['batch_size']:>4} lr {q['lr']:.3g} {q['norm']:<6} "
-                       f"{mean}{spread} (its seed: {c['trial_metric']:.4g}; {c['why']})")
+            why = {"best trial": "best", "fastest cell close to the best": "fastest near best",
+                   "best of another cell": "other cell"}.get(c["why"], c["why"])
+            click.echo(f"  #{c['trial']:<3} b{q['batch_size']:<4} lr {q['lr']:<8.3g} {q['norm']:<6} {mean}{spread} "
+                       f"(own seed {c['trial_metric']:.4g}; {why})")
     compute = summary.get("compute")
     if compute:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in compute.get("spent_trial_equivalents", {}).items())
-        click.echo(f"Compute: {compute.get('total_trial_equivalents', 0):.1f} of {compute['trial_equivalents']:g} "
-                   f"trial-equivalents ({parts})")
+        _wrapped(f"Compute: {compute.get('total_trial_equivalents', 0):.1f} of {compute['trial_equivalents']:g} "
+                 f"trial-equivalents ({parts})")
     if not result.pareto.empty:
         click.echo("")
         click.echo("Pareto front:")
