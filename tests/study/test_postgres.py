@@ -34,7 +34,9 @@ def test_two_workers_share_one_study_and_stop_at_the_total(tasks, workdir):
 
     stored = optuna.load_study(study_name=study, storage=URL)
     counted = [t for t in stored.trials if counts(t)]
-    assert len(counted) == 6 and all(status(t) == "ok" for t in counted)
+    # Under the default objective the pruner may stop a trial early (the other process's trials count as
+    # its rivals); a pruned trial counts towards the total, a failed one would not be "ok" or "pruned".
+    assert len(counted) == 6 and all(status(t) in ("ok", "pruned") for t in counted), [status(t) for t in counted]
     # Both processes ran trials.
     assert len({t.user_attrs["worker"]["pid"] for t in counted}) == 2
     # Issue 14 item 3: and drew distinct configurations (only 4 of 6 were before).
