@@ -205,7 +205,7 @@ def render_result(result: Any, as_json: bool) -> None:
             q = c["params"]
             mean = f"{c['mean']:.4g}" if c.get("mean") is not None else "failed"
             spread = f" ± {c['spread']:.2g}" if c.get("spread") is not None else ""
-            why = {"best trial": "best", "fastest cell close to the best": "fastest near best",
+            why = {"best trial": "best", "faster cell close to the best": "faster, near best",
                    "best of another cell": "other cell"}.get(c["why"], c["why"])
             click.echo(f"  #{c['trial']:<3} b{q['batch_size']:<4} lr {q['lr']:<8.3g} {q['norm']:<6} {mean}{spread} "
                        f"(own seed {c['trial_metric']:.4g}; {why})")

@@ -19,7 +19,7 @@ from typing import Any
 MIN_STEPS = 50
 
 # The phases in the order a search runs them; summary.json ("compute") and the report list them so.
-PHASES = ("speed", "lr_range", "trials", "reruns")
+PHASES = ("speed", "lr_range", "trials", "climb", "reruns")
 
 
 @dataclass(frozen=True)

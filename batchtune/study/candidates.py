@@ -4,8 +4,9 @@ The best of many trials, each one seed, over-states what its configuration gives
 *because* its seed was lucky. So the search re-trains a handful of candidates, each on seeds no
 trial used, and states their mean (Cawley and Talbot 2010 call the bias "selection"; the
 over-statement measured on the digits CNN was 1.4 to 21 points). The candidates are the best trial,
-the fastest cell among the trials close to the best (so a faster configuration that is as good gets
-its chance to be re-trained too), and the best trials of other cells, then the runners-up.
+the fastest cells among the trials close to the best (so a faster configuration that is as good gets
+its chance to be re-trained too; the climb, :mod:`batchtune.study.climb`, ran them), the best trials
+of other cells, then the runners-up.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+
+from batchtune.study.cells import TIE
 
 # Candidates and fresh seeds per candidate. 4 x 2 re-trains are 8 trial-equivalents: the budget
 # reserves them before the trials start (fewer candidates when that is over 40% of it).
@@ -100,10 +103,16 @@ def choose(trials: pd.DataFrame, *, mode: str, close: float, speed: dict[tuple[i
     add(best, "best trial")
     gap = (float(best["metric"]) - done["metric"].astype(float)) if mode == "max" else (done["metric"].astype(float) - float(best["metric"]))
     near = done[gap <= close + 1e-12]
-    if speed and len(near) > 1:
-        fastest = max(near.itertuples(index=False), key=lambda r: speed.get(
-            (int(r.batch_size), str(r.norm), str(r.precision or "fp32")), 0.0))
-        add(pd.Series(fastest._asdict()), "fastest cell close to the best")
+    if speed:
+        # The faster cells close to the best, fastest first, each by its best trial: the recommendation
+        # wants the fastest configuration that is as good, so these are re-trained before other cells.
+        floor = speed.get(config(best)[:3], 0.0) * (1 + TIE)
+        per_cell: dict[tuple[int, str, str], Any] = {}
+        for _, row in near.iterrows():  # sorted best first: the first row of a cell is its best
+            per_cell.setdefault(config(row)[:3], row)
+        faster = sorted((k for k in per_cell if speed.get(k, 0.0) > floor), key=lambda k: -speed.get(k, 0.0))
+        for k in faster[:max(1, count - 2)]:
+            add(per_cell[k], "faster cell close to the best")
     # Runners-up from cells not picked yet first: another LR in the same cell re-tests little that is new.
     cells = {(c.batch_size, c.norm, c.precision) for c in picked}
     for _, row in done.iloc[1:].iterrows():

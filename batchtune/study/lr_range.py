@@ -30,6 +30,9 @@ BLOWUP = 4.0  # stop once the smoothed loss is 4x its minimum (Lightning's early
 # The window around the loss minimum's LR (see the module docstring for the grids behind it).
 WINDOW_BELOW = 100.0
 WINDOW_ABOVE = 2.0
+# The first trials start at the LR the range test suggests, a tenth of the LR at the loss minimum
+# (fastai's ``lr_find`` suggestion "minimum/10", Howard and Gugger 2020, "Fastai: a layered API").
+SUGGESTED_BELOW_MIN = 10.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,16 @@ class LrBounds:
         low, high = self.window(batch_size, norm)
         return float(math.exp(math.log(low) + position * (math.log(high) - math.log(low))))
 
+    def suggested_position(self, batch_size: int, norm: str) -> float:
+        """The position in the cell's window of the suggested LR (the loss minimum's LR / 10); the middle
+        of the window for a cell without a test of its own norm."""
+        if f"{batch_size}/{norm}" not in self.windows:
+            return 0.5
+        low, high = self.window(batch_size, norm)
+        suggested = low * WINDOW_BELOW / SUGGESTED_BELOW_MIN
+        position = math.log(suggested / low) / math.log(high / low) if high > low else 0.5
+        return float(min(1.0, max(0.0, position)))
+
     def to_dict(self) -> dict[str, Any]:
         return {"windows": {k: [float(f"{v:.4g}") for v in w] for k, w in self.windows.items()},
                 "exponent": self.exponent, "exponent_se": self.exponent_se, "fallback": list(self.fallback)}
@@ -177,6 +190,19 @@ def fit_bounds(tests: Sequence[RangeTest], sizes: Sequence[int], norms: Sequence
     peaks = {norm: {b: v * WINDOW_BELOW for b, v in per.items()} for norm, per in lows.items()}
     exponent, se = scaling_exponent(peaks)
     return LrBounds(windows=windows, exponent=exponent, exponent_se=se, fallback=fallback)
+
+
+def start_design(bounds: LrBounds, sizes: Sequence[int], norms: Sequence[str]) -> list[dict[str, Any]]:
+    """The first trials of a fresh study: each norm at the geometric middle batch size, at its suggested LR.
+
+    The sampler's start-up trials are otherwise random draws over the window; these put one trial
+    per norm where the range test says training is fastest, so the sampler's model starts from a
+    measured point of every norm (parameters in the study's space: batch_size, lr_position, norm).
+    """
+    ordered = sorted(set(sizes))
+    middle = min(ordered, key=lambda b: abs(math.log(b) - (math.log(ordered[0]) + math.log(ordered[-1])) / 2))
+    return [{"batch_size": middle, "lr_position": round(bounds.suggested_position(middle, n), 4), "norm": n}
+            for n in norms]
 
 
 def _interp(points: dict[int, float], batch_size: int) -> float:

@@ -121,6 +121,14 @@ def reserve_reruns(cfg: SearchConfig, budget: Budget) -> tuple[int, int]:
     return candidates, seeds
 
 
+def reserve_climb(budget: Budget) -> int:
+    """Samples kept for the climb to faster cells: its share of the budget, when that is at least one trial."""
+    from batchtune.study.climb import SHARE
+
+    samples = int(SHARE * budget.samples)
+    return samples if samples >= budget.trial_samples else 0
+
+
 def trial_budget(budget: Budget, spend: Spend, reserved: int, warnings: list[str]) -> int:
     """Samples left for the trials; at least two full trials, with a warning when that overshoots the budget."""
     left = budget.samples - spend.total - reserved

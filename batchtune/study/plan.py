@@ -30,6 +30,7 @@ class TrialPlan:
     lr_bounds: Any = None  # batchtune.study.lr_range.LrBounds: each cell's measured LR window
     trial_budget: int | None = None  # samples the trials may train on in total (metric objective)
     trial_samples: int = 0  # training samples of one full-length trial
+    climb_samples: int = 0  # samples kept for the climb to faster cells after the sampled trials (batchtune.study.climb)
     unfit: dict[str, str] = field(default_factory=dict)  # "batch/norm/precision" -> why the cell is not searched
 
     @property

@@ -154,7 +154,15 @@ def _search(
                       "workers": setup.workers, "lr_rule": plan.rule, "lr_reference_batch": plan.reference,
                       "objective": plan.objective, "left_out": setup.left_out, "trial_budget": plan.trial_budget,
                       "trial_samples": plan.trial_samples})
+        if spend is not None:
+            _start_design(study, cfg, setup, plan)
         interrupted = _run_trials(study, cfg, setup, plan, on_event)
+        if spend is not None and not interrupted:
+            interrupted = _climb(study, cfg, setup, plan, on_event, say)
+            if not interrupted and plan.climb_samples and plan.trial_budget is not None:
+                # What the climb left unspent goes back to the sampler (its trials count the climb's).
+                interrupted = _run_trials(study, cfg, setup,
+                                          replace(plan, trial_budget=plan.trial_budget + plan.climb_samples), on_event)
         if spend is not None and not interrupted and runner is not None:
             _rerun_and_account(study, cfg, setup, plan, runner, spend, warnings, say)
     finally:
@@ -294,14 +302,15 @@ def _measure_before_trials(
         spend.add("lr_range", lr_samples)
         plan = replace(plan, lr_bounds=bounds)
     count, seeds = measured.reserve_reruns(cfg, budget)
-    reserved = count * seeds * full
+    climb_samples = measured.reserve_climb(budget)
+    reserved = count * seeds * full + climb_samples
     from batchtune.study.pruning import BatchStratifiedHalving
 
     # Rungs at 1/9 and 1/3 of a trial (reduction factor 3), each trial against its own batch size.
     study.pruner = BatchStratifiedHalving(max(1, full // 9), max_resource=full * 8 // 9)
     unfit = {c.key: str(c.error or c.over_limit) for c in cells.cells.values() if not c.fits} if cells is not None else {}
     plan = replace(plan, trial_budget=measured.trial_budget(budget, spend, reserved, warnings), trial_samples=full,
-                   unfit=unfit)
+                   unfit=unfit, climb_samples=climb_samples)
     study.set_user_attr("budget", {**spend.to_dict(), "reserved_reruns": {"candidates": count, "seeds": seeds},
                                    "left_out": {str(b): why for b, why in setup.left_out.items()}})
     return plan, spend, warnings
@@ -315,15 +324,12 @@ def _rerun_and_account(
     from batchtune.study import measured
     from batchtune.study.budget import spent_on_trials
     from batchtune.study.cells import CellTable
-    from batchtune.study.recommend import default_tolerance
     from batchtune.study.results import trials_frame
 
     trials = trials_frame(study)
     mode = setup.task.metric_mode
-    ok = trials[trials["status"] == "ok"]["metric"].dropna() if not trials.empty else trials
-    tol = cfg.tolerance or default_tolerance(ok, mode) if len(ok) else cfg.tolerance
-    best = float(ok.max() if mode == "max" else ok.min()) if len(ok) else 0.0
-    close = 2 * tol.limit(best) if tol is not None else 0.0
+    tol, limit = _tolerance(trials, cfg, mode)
+    close = 2 * limit  # the candidates: the best single seed is biased up, so twice the tolerance below it
     stored_cells = study.user_attrs.get("cells")
     cells = CellTable.from_dict(stored_cells) if stored_cells else None
     count, seeds = measured.reserve_reruns(cfg, spend.budget)
@@ -341,9 +347,75 @@ def _rerun_and_account(
     warnings += measured.weak_answer_warnings(trials, candidates, mode=mode, tolerance=tol, chance=setup.chance,
                                               bounds=bounds, rerun_seeds_=seeds)
     stored = dict(study.user_attrs.get("budget") or {})
-    stored.update(spend.to_dict(trials_samples=spent_on_trials(study.get_trials(deepcopy=False))))
+    from batchtune.study import climb
+
+    everything = study.get_trials(deepcopy=False)
+    climbed = climb.spent(everything)
+    if climbed:
+        spend.spent["climb"] = climbed
+    stored.update(spend.to_dict(trials_samples=spent_on_trials(everything) - climbed))
     study.set_user_attr("budget", stored)
     study.set_user_attr("warnings", warnings)
+
+
+def _tolerance(trials: Any, cfg: SearchConfig, mode: str) -> tuple[Any, float]:
+    """The tolerance, and its allowed gap at the best trial's metric (0 without finished trials)."""
+    from batchtune.study.recommend import default_tolerance
+
+    ok = trials[trials["status"] == "ok"]["metric"].dropna() if not trials.empty else trials
+    tol = cfg.tolerance or default_tolerance(ok, mode) if len(ok) else cfg.tolerance
+    best = float(ok.max() if mode == "max" else ok.min()) if len(ok) else 0.0
+    return tol, (tol.limit(best) if tol is not None else 0.0)
+
+
+def _start_design(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan) -> None:
+    """Phase 5a of the default search: a fresh study's first trials, one per norm at the LR the range test
+    suggests (:func:`batchtune.study.lr_range.start_design`), queued before the sampler's."""
+    from batchtune.study.lr_range import start_design
+
+    if plan.lr_bounds is None or study.get_trials(deepcopy=False):
+        return
+    for params in start_design(plan.lr_bounds, plan.sizes, setup.norms)[: cfg.total_trials]:
+        if len(cfg.precisions) > 1:
+            params["precision"] = cfg.precisions[0]
+        if f"{params['batch_size']}/{params['norm']}/{params.get('precision', cfg.precisions[0])}" in plan.unfit:
+            continue
+        study.enqueue_trial(params, user_attrs={"origin": "start"}, skip_if_exists=False)
+
+
+def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
+           on_event: Callable[[TrialEvent], None] | None, say: Callable[[str], None]) -> bool:
+    """Phase 5b of the default search: one trial at a time at the next faster neighbour of the trials close
+    to the best (:mod:`batchtune.study.climb`), within the climb's share of the budget; returns whether
+    Ctrl-C stopped it."""
+    from batchtune.study import climb
+    from batchtune.study.cells import CellTable
+    from batchtune.study.results import counts, trials_frame
+
+    full = max(plan.trial_samples, 1)
+    announced = False
+    while True:
+        everything = study.get_trials(deepcopy=False)
+        if climb.spent(everything) + full > plan.climb_samples + full // 2:
+            return False
+        counted = sum(counts(t) for t in everything)
+        if counted >= cfg.total_trials:
+            return False
+        frame = trials_frame(study)
+        _, close = _tolerance(frame, cfg, setup.task.metric_mode)
+        stored = study.user_attrs.get("cells")
+        step = climb.next_step(frame, CellTable.from_dict(stored) if stored else None, sizes=plan.sizes,
+                               norms=setup.norms, precisions=cfg.precisions, lr_param=plan.lr_param,
+                               mode=setup.task.metric_mode, close=close, unfit=frozenset(plan.unfit))
+        if step is None:
+            return False
+        if not announced:
+            say("climbing to faster cells: trials at faster neighbours of the best, at the same LR position")
+            announced = True
+        study.enqueue_trial(step.params, user_attrs={"origin": climb.ORIGIN, "climb": step.why},
+                            skip_if_exists=False)
+        if _run_trials(study, replace(cfg, trials=counted + 1), setup, replace(plan, trial_budget=None), on_event):
+            return True
 
 
 def majority_share(dataset: Any) -> float | None:

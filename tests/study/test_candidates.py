@@ -27,10 +27,17 @@ TRIALS = trials([
 SPEED = {(16, "batch", "fp32"): 1000.0, (128, "batch", "fp32"): 6000.0, (32, "group", "fp32"): 1800.0}
 
 
-def test_the_best_the_fastest_close_to_it_and_the_runner_up():
+def test_the_best_the_faster_cells_close_to_it_and_the_runner_up():
     picked = choose(TRIALS, mode="max", close=0.01, speed=SPEED, count=3)
-    assert [(c.trial, c.why) for c in picked] == [(0, "best trial"), (1, "fastest cell close to the best"),
+    assert [(c.trial, c.why) for c in picked] == [(0, "best trial"), (1, "faster cell close to the best"),
                                                   (2, "best of another cell")]
+    # With four places, both faster cells close to the best, fastest first, before any slower cell.
+    four = choose(TRIALS, mode="max", close=0.01, speed=SPEED, count=4)
+    assert [(c.trial, c.why) for c in four] == [(0, "best trial"), (1, "faster cell close to the best"),
+                                                (2, "faster cell close to the best")]
+    # A cell that is not faster than the best's by more than the tie band is not "faster".
+    slow = {**SPEED, (32, "group", "fp32"): 1010.0}
+    assert [c.why for c in choose(TRIALS, mode="max", close=0.01, speed=slow, count=4)][2] == "best of another cell"
     assert picked[0].trial_metric == pytest.approx(0.985)
     # Without speeds, the best of other cells by metric; a configuration already picked is not picked again.
     assert [c.trial for c in choose(TRIALS, mode="max", close=0.01, speed={}, count=4)] == [0, 2, 1]

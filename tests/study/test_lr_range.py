@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from batchtune.study.lr_range import LrBounds, RangeTest, fit_bounds, range_test, scaling_exponent, sizes_to_test
+from batchtune.study.lr_range import (
+    LrBounds,
+    RangeTest,
+    fit_bounds,
+    range_test,
+    scaling_exponent,
+    sizes_to_test,
+    start_design,
+)
 from batchtune.task.contract import load_task, make_dataset
 
 
@@ -50,6 +58,19 @@ def test_untested_sizes_are_interpolated_in_log_log_and_flat_beyond():
     assert bounds.window(512, "batch") == bounds.window(128, "batch")
     # The LR at the minimum grew 16x over 16x the batch: exponent 1 (linear scaling).
     assert bounds.exponent == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_first_trials_start_at_a_tenth_of_the_minimum_s_lr_in_each_norm():
+    tests = [ramp(8, "batch", turn=0.01), ramp(128, "batch", turn=0.16), ramp(8, "group", turn=0.003)]
+    bounds = fit_bounds(tests, [8, 16, 32, 64, 128], ["batch", "group", "none"], "sgd")
+    design = start_design(bounds, [8, 16, 32, 64, 128], ["batch", "group", "none"])
+    assert [(d["batch_size"], d["norm"]) for d in design] == [(32, "batch"), (32, "group"), (32, "none")]
+    for d in design[:2]:
+        low, high = bounds.window(32, d["norm"])
+        lr = bounds.lr(32, d["norm"], d["lr_position"])
+        # The suggestion is the loss minimum's LR / 10; the window's low end is that LR / 100.
+        assert lr == pytest.approx(low * 10, rel=1e-3) and low < lr < high
+    assert design[2]["lr_position"] == 0.5  # no test of its own norm: the middle of the fallback window
 
 
 def test_scaling_exponent_recovers_a_known_slope_with_its_error():

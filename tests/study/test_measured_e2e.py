@@ -27,7 +27,7 @@ def test_default_search_measures_prunes_reruns_and_states_the_fresh_seeds_mean(c
     assert s["search_space"]["batch_sizes"] == [8]
     assert "16" in s["compute"]["left_out"] and "optimizer steps" in s["compute"]["left_out"]["16"]
     spent = s["compute"]["spent_trial_equivalents"]
-    assert set(spent) == {"speed", "lr_range", "trials", "reruns"}
+    assert {"speed", "lr_range", "trials", "reruns"} <= set(spent) <= {"speed", "lr_range", "trials", "climb", "reruns"}
     assert all(v > 0 for v in spent.values())
     assert s["compute"]["total_trial_equivalents"] <= 12 * 1.15  # at most the last trial's overshoot
     # Trials sampled their LR inside the window the range test measured for their cell.
@@ -38,6 +38,10 @@ def test_default_search_measures_prunes_reruns_and_states_the_fresh_seeds_mean(c
         if "result" in t.user_attrs:
             low, high = bounds.window(t.params["batch_size"], t.params["norm"])
             assert low * 0.999 <= t.user_attrs["result"]["lr"] <= high * 1.001
+    # The first trials, one per norm, started at the LR the range test suggests.
+    first = study.get_trials()[:2]
+    assert [(t.user_attrs.get("origin"), t.params["norm"]) for t in first] == [("start", "batch"), ("start", "none")]
+    assert first[0].params["lr_position"] == pytest.approx(bounds.suggested_position(8, "batch"), abs=1e-4)
     assert any(t.state == optuna.trial.TrialState.PRUNED for t in study.get_trials())
     pruned = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.PRUNED]
     assert "successive halving" in pruned[0].user_attrs["result"]["reason"]

@@ -1,0 +1,142 @@
+"""The climb to faster cells: which neighbour of the trials close to the best is tried next, and when it stops."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from batchtune.study.cells import Cell, CellTable
+from batchtune.study.climb import next_step
+
+COLUMNS = ["trial", "status", "feasible", "batch_size", "lr", "lr_position", "norm", "precision", "metric"]
+
+
+def frame(rows):
+    return pd.DataFrame([dict(zip(COLUMNS, r)) for r in rows], columns=COLUMNS)
+
+
+def cell(batch, norm, seconds_per_step):
+    """A measured cell: three rounds of steps at ``seconds_per_step`` (reference time 1, so ratios are seconds)."""
+    steps = tuple((seconds_per_step * f,) * 3 for f in (1.0, 1.01, 0.99))
+    return Cell(batch_size=batch, norm=norm, precision="fp32", ratios=steps, reference=1.0)
+
+
+# Per-sample cost falls with the batch size up to 64 (128 is no faster per sample than 64); "none" is
+# cheaper than "batch" at every size, "group" costlier.
+CELLS = CellTable(cells={c.key: c for c in [
+    cell(16, "batch", 0.016), cell(32, "batch", 0.020), cell(64, "batch", 0.030), cell(128, "batch", 0.060),
+    cell(16, "none", 0.010), cell(32, "none", 0.012), cell(64, "none", 0.020), cell(128, "none", 0.040),
+    cell(16, "group", 0.030), cell(32, "group", 0.040), cell(64, "group", 0.060), cell(128, "group", 0.120),
+]})
+SIZES, NORMS = (16, 32, 64, 128), ("batch", "none", "group")
+
+
+def step(trials, cells=CELLS, close=0.02, **kw):
+    return next_step(trials, cells, sizes=SIZES, norms=NORMS, precisions=("fp32",), lr_param="lr_position",
+                     mode=kw.pop("mode", "max"), close=close, **kw)
+
+
+def test_from_the_best_the_next_batch_size_of_its_norm_at_the_same_lr_position():
+    trials = frame([(0, "ok", True, 16, 0.01, 0.4, "batch", "fp32", 0.98),
+                    (1, "ok", True, 16, 0.03, 0.9, "none", "fp32", 0.90)])
+    s = step(trials)
+    assert s.params == {"batch_size": 32, "lr_position": 0.4, "norm": "batch"} and s.anchor == 0
+    assert "trial 0" in s.why and "next batch size" in s.why
+
+
+def test_a_neighbour_close_to_the_best_is_climbed_from_and_one_that_is_not_ends_the_direction():
+    base = [(0, "ok", True, 16, 0.01, 0.4, "batch", "fp32", 0.98)]
+    # Batch 32 held (0.975 is within 0.02): the climb goes on from it, the fastest close trial.
+    held = frame(base + [(1, "ok", True, 32, 0.02, 0.4, "batch", "fp32", 0.975)])
+    assert step(held).params == {"batch_size": 64, "lr_position": 0.4, "norm": "batch"}
+    # It did not (0.90): batch 32 is tried, so the next direction from trial 0 is another norm at batch 16,
+    # "none" (faster than "batch"); "group" is slower and never tried.
+    lost = frame(base + [(1, "ok", True, 32, 0.02, 0.4, "batch", "fp32", 0.90)])
+    assert step(lost).params == {"batch_size": 16, "lr_position": 0.4, "norm": "none"}
+    # A pruned neighbour counts as tried, too.
+    pruned = frame(base + [(1, "pruned", True, 32, 0.02, 0.4, "batch", "fp32", None)])
+    assert step(pruned).params["norm"] == "none"
+
+
+def test_stops_when_no_faster_untried_neighbour_is_left():
+    trials = frame([(0, "ok", True, 64, 0.01, 0.4, "batch", "fp32", 0.98),
+                    (1, "ok", True, 64, 0.01, 0.4, "none", "fp32", 0.90)])
+    # 128/batch is slower per sample than 64/batch, 64/group is slower, 64/none was tried at this position.
+    assert step(trials) is None
+    # Another LR position in a tried cell is a new configuration.
+    moved = frame([(0, "ok", True, 64, 0.01, 0.4, "batch", "fp32", 0.98),
+                   (1, "ok", True, 64, 0.01, 0.7, "none", "fp32", 0.90)])
+    assert step(moved).params == {"batch_size": 64, "lr_position": 0.4, "norm": "none"}
+
+
+def test_cells_that_do_not_fit_are_skipped_and_nothing_to_climb_without_a_finished_trial():
+    trials = frame([(0, "ok", True, 16, 0.01, 0.4, "batch", "fp32", 0.98)])
+    assert step(trials, unfit=frozenset({"32/batch/fp32"})).params == {"batch_size": 16, "lr_position": 0.4,
+                                                                        "norm": "none"}
+    assert step(frame([(0, "pruned", True, 16, 0.01, 0.4, "batch", "fp32", None)])) is None
+
+
+def test_lower_is_better_and_no_cell_measurement():
+    trials = frame([(0, "ok", True, 16, 0.01, 0.4, "batch", "fp32", 0.10),
+                    (1, "ok", True, 64, 0.01, 0.4, "batch", "fp32", 0.50)])
+    # Without cells only a larger batch is taken as faster (no norm is known to be cheaper). Trial 1 is far
+    # from the best loss, so it is not climbed from; from trial 0, batch 32.
+    assert step(trials, cells=None, close=0.05, mode="min").params == {"batch_size": 32, "lr_position": 0.4,
+                                                                        "norm": "batch"}
+    # Once batch 32 ran and lost, nothing is left to climb to.
+    lost = frame([(0, "ok", True, 16, 0.01, 0.4, "batch", "fp32", 0.10),
+                  (1, "ok", True, 32, 0.01, 0.4, "batch", "fp32", 0.50)])
+    assert step(lost, cells=None, close=0.05, mode="min") is None
+
+
+def test_the_climb_phase_queues_one_neighbour_at_a_time_within_its_share(monkeypatch):
+    """The phase in run.py on a real (in-memory) study: each step is queued with its origin, runs, and the
+    next step sees its result; it stops at its share of the budget."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from batchtune.study import run
+    from batchtune.study.config import SearchConfig, Tolerance
+    from batchtune.study.coordinator import trial_space
+    from batchtune.study.plan import TrialPlan
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    full = 1000
+    plan = TrialPlan(splits={8: None, 16: None, 32: None, 64: None}, rule="none", reference=None, warmup_epochs=0,
+                     objective="metric", target=None, mode="max", lr_bounds=SimpleNamespace(), trial_budget=None,
+                     trial_samples=full, climb_samples=2 * full)
+    cfg = SearchConfig(task_path="task.py", trials=50, tolerance=Tolerance(0.01, "absolute"))
+    setup = SimpleNamespace(norms=("batch",), task=SimpleNamespace(metric_mode="max"))
+    study = optuna.create_study(direction="maximize")
+    space = trial_space(cfg, plan, setup.norms)
+    metric = {8: 0.95, 16: 0.948, 32: 0.90, 64: 0.96}  # batch 16 holds, batch 32 does not
+
+    def tell(trial, samples):
+        b = trial.params["batch_size"]
+        trial.set_user_attr("result", {"status": "ok", "final_metric": metric[b], "samples": samples,
+                                       "effective_batch_size": b, "throughput": 1.0, "peak_memory_bytes": 1})
+        study.tell(trial, metric[b])
+
+    first = study.ask(space)
+    first_params = {"batch_size": 8, "lr_position": 0.3, "norm": "batch"}
+    study.tell(first, state=optuna.trial.TrialState.FAIL)  # not counted; the real first trial is enqueued
+    study.enqueue_trial(first_params)
+    tell(study.ask(space), full)
+
+    ran = []
+
+    def fake_run_trials(study_, cfg_, setup_, plan_, on_event):
+        trial = study_.ask(space)
+        ran.append(dict(trial.params))
+        tell(trial, full)
+        return False
+
+    monkeypatch.setattr(run, "_run_trials", fake_run_trials)
+    assert run._climb(study, cfg, setup, plan, None, lambda line: None) is False
+    # Batch 16 (held, so climbed from), then 32 (lost): two full trials, the climb's whole share.
+    assert ran == [{"batch_size": 16, "lr_position": 0.3, "norm": "batch"},
+                   {"batch_size": 32, "lr_position": 0.3, "norm": "batch"}]
+    climbed = [t for t in study.trials if t.user_attrs.get("origin") == "climb"]
+    assert [t.user_attrs["climb"] for t in climbed] == [
+        "faster than trial 1: the next batch size of batch norm, the same LR position",
+        "faster than trial 2: the next batch size of batch norm, the same LR position"]
