@@ -289,9 +289,10 @@ def recommend_measured(
     """The rule of the default search (README, "How batchtune recommends").
 
     1. Each candidate's metric is the mean over its fresh seeds (:mod:`batchtune.study.candidates`).
-    2. Those within the tolerance of the best mean, by more than the seeds' uncertainty of the gap,
-       are as good (two seeds' half range is the standard error of their mean; at least a quarter of
-       the tolerance, since two seeds can agree by chance).
+    2. Those within the tolerance of the best mean, by more than the standard error of the gap, are
+       as good. The seed-to-seed spread is pooled over every candidate (two seeds of one candidate
+       can agree by chance; all of them together rarely do), and the error is at least a quarter of
+       the tolerance.
     3. Of those, the fastest cell (calibrated, interleaved speed from :mod:`batchtune.study.cells`)
        wins, but only when it is faster beyond the timing noise (its interval of the speed ratio lies
        above 1 + the tie band); when the speeds can't be told apart, the better mean wins.
@@ -304,7 +305,8 @@ def recommend_measured(
     tol = tolerance or default_tolerance(pd.Series([c.mean for c in measured] + list(trials["metric"].dropna())), mode)
     sign = 1.0 if mode == "max" else -1.0
     best = max(measured, key=lambda c: sign * c.mean)
-    good = [c for c in measured if _as_good(c, best, tol, mode)]
+    sd = pooled_seed_sd(measured)
+    good = [c for c in measured if _as_good(c, best, tol, mode, sd)]
 
     def cell(c: Any) -> Any:
         return cells.get(c.batch_size, c.norm, c.precision) if cells is not None else None
@@ -335,14 +337,31 @@ def recommend_measured(
     )
 
 
-def _as_good(c: Any, best: Any, tol: Tolerance, mode: str) -> bool:
-    """Within the tolerance of the best mean even after the seeds' uncertainty of the gap is added to it."""
+def pooled_seed_sd(candidates: list[Any]) -> float | None:
+    """The standard deviation of the metric between seeds, pooled over the candidates with two or more
+    finished seeds (each contributes its squared deviations from its own mean); None without any."""
+    num, dof = 0.0, 0
+    for c in candidates:
+        done = c.finished
+        if len(done) < 2:
+            continue
+        mean = sum(done) / len(done)
+        num += sum((x - mean) ** 2 for x in done)
+        dof += len(done) - 1
+    return math.sqrt(num / dof) if dof else None
+
+
+def _as_good(c: Any, best: Any, tol: Tolerance, mode: str, sd: float | None = None) -> bool:
+    """Within the tolerance of the best mean even after the standard error of the gap is added to it."""
     if c is best:
         return True
     limit = tol.limit(best.mean)
     gap = (best.mean - c.mean) if mode == "max" else (c.mean - best.mean)
-    uncertainty = max(math.hypot(c.spread or 0.0, best.spread or 0.0), limit / 4)
-    return gap + uncertainty <= limit + 1e-12
+    if sd is not None:
+        error = sd * math.sqrt(1 / max(1, len(c.finished)) + 1 / max(1, len(best.finished)))
+    else:
+        error = math.hypot(c.spread or 0.0, best.spread or 0.0)
+    return gap + max(error, limit / 4) <= limit + 1e-12
 
 
 def _seeds_text(c: Any) -> str:

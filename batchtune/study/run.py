@@ -3,7 +3,10 @@
 :func:`search` reads top to bottom as the phases a search goes through: load and check the task,
 open the study, choose the batch sizes (the probe) and fix the plan, record the space and the
 meta, run the batch doctor, recover the trials of dead coordinators, run the workers
-(:mod:`batchtune.study.coordinator`), measure the noise scale, and write the report.
+(:mod:`batchtune.study.coordinator`), measure the noise scale, and write the report. Under the
+default objective the plan comes from measurements (cells, LR windows), the first trials start at
+the range test's suggested LR, the climb to faster cells follows the sampled trials
+(:mod:`batchtune.study.climb`), and the candidates are re-trained on fresh seeds.
 """
 
 from __future__ import annotations

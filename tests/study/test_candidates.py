@@ -113,3 +113,23 @@ def test_a_gap_at_the_edge_of_the_tolerance_is_not_as_good_once_the_seeds_uncert
                                                      ratios=((3.0,),) * 4, reference=0.001))
     rec = recommend_measured([best, edge], clear, TRIALS, mode="max", tolerance=Tolerance(0.01, "absolute"))
     assert rec.trial == 0
+
+
+def test_the_seed_spread_is_pooled_over_the_candidates():
+    from batchtune.study.recommend import pooled_seed_sd
+
+    def c(trial, batch, metrics, norm="batch"):
+        return Candidate(trial=trial, batch_size=batch, lr=0.01, norm=norm, precision="fp32", trial_metric=0.99,
+                         why="x", metrics=metrics, seeds=(1000, 1001))
+
+    best = c(0, 32, (0.985, 0.995))  # mean 0.990
+    fast = c(1, 128, (0.986, 0.986))  # 0.4 points below, its two seeds agreeing by chance
+    wide = c(2, 16, (0.960, 0.980))  # a third candidate shows how far seeds really spread
+    assert pooled_seed_sd([best, fast, wide]) == pytest.approx(((2 * 0.005**2 + 2 * 0.01**2) / 3) ** 0.5)
+    assert pooled_seed_sd([c(3, 8, (0.9, None))]) is None
+    clear = table(speed_cell(32, [[1.0]] * 4), speed_cell(128, [[2.0]] * 4))  # 128 is 2x faster per sample
+    tol = Tolerance(0.01, "absolute")
+    # The pair alone looks tight (gap 0.4 + error 0.5 points <= 1): batch 128 would be as good and win.
+    assert recommend_measured([best, fast], clear, TRIALS, mode="max", tolerance=tol).trial == 1
+    # With the third candidate the pooled error of the gap is 0.9 points: 0.4 + 0.9 > 1, not as good.
+    assert recommend_measured([best, fast, wide], clear, TRIALS, mode="max", tolerance=tol).trial == 0
