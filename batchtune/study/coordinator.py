@@ -43,6 +43,17 @@ class TrialEvent:
     budget_used: float | None = None  # share of the trials' compute budget spent (metric objective)
 
 
+@dataclass(frozen=True)
+class TrialUpdate:
+    """A running trial, for a live display: just started (``samples`` 0), or evaluated (``metric``)."""
+
+    number: int
+    params: dict[str, Any]
+    samples: int
+    total_samples: int | None  # a full-length trial's samples, when the plan knows it
+    metric: float | None = None
+
+
 def owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
@@ -188,6 +199,7 @@ def run_workers(
     threads: int,
     progress: Progress,
     on_event: Callable[[TrialEvent], None] | None,
+    on_update: Callable[[TrialUpdate], None] | None = None,
 ) -> tuple[bool, list[BaseException]]:
     """Run ``workers`` worker threads until the study has ``cfg.total_trials`` counted trials.
 
@@ -201,7 +213,8 @@ def run_workers(
 
     def loop(runner: Any, slot: int) -> None:
         try:
-            worker_loop(study, runner, cfg, device, plan, norms, threads, progress, stop, deadline, on_event)
+            worker_loop(study, runner, cfg, device, plan, norms, threads, progress, stop, deadline, on_event,
+                        on_update)
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
             stop.set()
@@ -242,6 +255,7 @@ def worker_loop(
     stop: threading.Event,
     deadline: float | None,
     on_event: Callable[[TrialEvent], None] | None,
+    on_update: Callable[[TrialUpdate], None] | None = None,
 ) -> None:
     from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.trial import TrialState
@@ -280,8 +294,9 @@ def worker_loop(
         else:
             heartbeat = get_heartbeat_thread(trial.trial_id, study._storage)
             heartbeat.start()
+            report = _with_updates(watch, on_update, trial.number, spec, plan.trial_samples or None)
             try:
-                result = runner.run(spec, timeout=cfg.trial_timeout, on_report=watch)
+                result = runner.run(spec, timeout=cfg.trial_timeout, on_report=report)
             finally:
                 heartbeat.join()
         if watch is not None:
@@ -307,6 +322,22 @@ def worker_loop(
                     budget_used=_budget_used(tally, plan, result),
                 )
             )
+
+
+def _with_updates(
+    watch: Any, on_update: Callable[[TrialUpdate], None] | None, number: int, spec: Any, total: int | None
+) -> Any:
+    """The worker's report callback: ``watch`` (the pruner or the target), telling ``on_update`` first."""
+    if on_update is None:
+        return watch
+    params = {"batch_size": spec.effective_batch_size, "lr": spec.lr, "norm": spec.norm}
+    on_update(TrialUpdate(number, params, 0, total))
+
+    def report(step: int, value: float) -> bool:
+        on_update(TrialUpdate(number, params, int(step) * spec.effective_batch_size, total, value))
+        return bool(watch(step, value)) if watch is not None else False
+
+    return report
 
 
 def trial_space(cfg: SearchConfig, plan: TrialPlan, norms: tuple[str, ...]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from batchtune.study.config import SearchConfig
 from batchtune.study.coordinator import (
     Progress,
     TrialEvent,
+    TrialUpdate,
     gpu_ids,
     make_runner,
     reap_dead_local_trials,
@@ -65,10 +66,12 @@ def search(
     on_start: Callable[[dict[str, Any]], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
     write_report: bool = True,
+    on_update: Callable[[TrialUpdate], None] | None = None,
 ) -> SearchResult:
     """Run (or resume) a study and write its report. See the README for every option.
 
-    ``on_phase`` is called with a line announcing each phase before it starts (the CLI prints it).
+    ``on_phase`` is called with a line announcing each phase before it starts (the CLI prints it);
+    ``on_update`` when a trial starts and at each of its evaluations (the CLI's live display).
 
     Returns the :class:`SearchResult`; raises :class:`BatchtuneError` subclasses for bad input.
     KeyboardInterrupt marks the running trials interrupted, writes the report of what finished,
@@ -76,7 +79,7 @@ def search(
     """
     cfg = config.validated()
     with quiet_optuna():
-        return _search(cfg, on_event, on_start, on_phase, write_report)
+        return _search(cfg, on_event, on_start, on_phase, write_report, on_update)
 
 
 @contextlib.contextmanager
@@ -122,6 +125,7 @@ def _search(
     on_start: Callable[[dict[str, Any]], None] | None,
     on_phase: Callable[[str], None] | None,
     write_report: bool,
+    on_update: Callable[[TrialUpdate], None] | None = None,
 ) -> SearchResult:
     out_dir = Path(cfg.output_dir) / cfg.study_name if write_report else None
     say = on_phase or (lambda line: log.info("%s", line))
@@ -141,20 +145,21 @@ def _search(
             say("probing which batch sizes fit" if cfg.probe else "planning the trials")
             plan, spend, warnings = _plan_sizes(study, cfg, setup, out_dir), None, []
         _record_space_and_meta(study, cfg, setup, plan)
+        doctor = None
         if cfg.doctor:
             from batchtune.doctor.report import doctor_for_search
 
             say("running the batch doctor")
-            study.set_user_attr("doctor", doctor_for_search(str(setup.task.path), plan.sizes, setup.norms, setup.device,
-                                                            cfg.seed))
+            doctor = doctor_for_search(str(setup.task.path), plan.sizes, setup.norms, setup.device, cfg.seed)
+            study.set_user_attr("doctor", doctor)
         _recover_dead_trials(study)
         if on_start:
             on_start({"study": cfg.study_name, "storage": redact_url(setup.url), "device": str(setup.device),
                       "norms": setup.norms, "batch_sizes": plan.sizes, "norm_note": setup.norm_note,
                       "workers": setup.workers, "lr_rule": plan.rule, "lr_reference_batch": plan.reference,
                       "objective": plan.objective, "left_out": setup.left_out, "trial_budget": plan.trial_budget,
-                      "trial_samples": plan.trial_samples})
-        interrupted = _run_trials(study, cfg, setup, plan, on_event)
+                      "trial_samples": plan.trial_samples, "doctor": doctor})
+        interrupted = _run_trials(study, cfg, setup, plan, on_event, on_update)
         if spend is not None and not interrupted and runner is not None:
             _rerun_and_account(study, cfg, setup, plan, runner, spend, warnings, say)
     finally:
@@ -417,7 +422,8 @@ def _recover_dead_trials(study: Any) -> None:
 
 
 def _run_trials(
-    study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan, on_event: Callable[[TrialEvent], None] | None
+    study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan, on_event: Callable[[TrialEvent], None] | None,
+    on_update: Callable[[TrialUpdate], None] | None = None,
 ) -> bool:
     """Phase 5: the workers run trials until the study has its total; returns whether Ctrl-C stopped them."""
     progress = Progress(cfg.total_trials, setup.task.metric_mode)
@@ -426,7 +432,7 @@ def _run_trials(
             progress.update(t.user_attrs["result"].get("final_metric"))
     interrupted, errors = run_workers(
         study, cfg, setup.device, plan, setup.norms, workers=setup.workers, gpus=setup.gpus, threads=setup.threads,
-        progress=progress, on_event=on_event,
+        progress=progress, on_event=on_event, on_update=on_update,
     )
     if errors and not interrupted:
         err = errors[0]
