@@ -468,8 +468,12 @@ def record(
         data["status"] = "failed"
         data["reason"] = "the training budget was too short to time or evaluate; raise --epochs"
     # One attribute for the measurements, status and reason: each set_user_attr is a storage round
-    # trip (a commit on RDB storage), and the coordinator's time per trial must stay small.
-    trial.set_user_attr("result", data)
+    # trip (a commit on RDB storage), and the coordinator's time per trial must stay small. The key
+    # figures again, rounded, one per attribute for optuna-dashboard, go in the same transaction
+    # (benchmarks/dashboard_attrs.py measures what they add).
+    from batchtune.study.dashboard import readable_attrs
+
+    trial.set_user_attrs({"result": data, **readable_attrs(data)})
     if over is not None and over > 0:
         # Optuna treats a trial without constraints, or with values <= 0, as feasible, and its
         # samplers use only the positive values (the violation); storing the margin of a feasible

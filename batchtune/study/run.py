@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchtune.errors import BatchtuneError, UsageError
 from batchtune.study.config import SearchConfig
+from batchtune.study.dashboard import name_objectives
 from batchtune.study.coordinator import (
     Progress,
     TrialEvent,
@@ -145,6 +146,7 @@ def _search(
             say("probing which batch sizes fit" if cfg.probe else "planning the trials")
             plan, spend, warnings = _plan_sizes(study, cfg, setup, out_dir), None, []
         _record_space_and_meta(study, cfg, setup, plan)
+        name_objectives(study, plan.objective)
         doctor = None
         if cfg.doctor:
             from batchtune.doctor.report import doctor_for_search
