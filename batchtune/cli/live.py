@@ -2,8 +2,9 @@
 
 On a terminal, rich's progress display shows the running phase with a spinner and its elapsed time;
 during the trials, a bar over the trials (or over the compute budget) with elapsed time and ETA, and
-one bar per running trial over its training samples, moved at each evaluation. Finished phases and
-trials print above the bars as one line each, and the batch doctor's findings print as findings.
+one bar per running trial over its training samples, moved about once a second and at each
+evaluation. Finished phases and trials print above the bars as one line each, and the batch
+doctor's findings print as findings.
 
 When stderr is not a terminal (CI logs, pipes, tests) every event is one plain line, with the time
 since the search started in front of each phase. Every line fits 80 columns. A trial is called by
@@ -199,6 +200,8 @@ class LiveDisplay:
             if update.metric is not None:
                 label = f"  trial {update.number} b{p['batch_size']} {p['norm']} {update.metric:.4f}"
                 self.progress.update(task, description=_short(label, 34))
+            if update.total_samples:
+                self.progress.update(task, total=update.total_samples)
             self.progress.update(task, completed=update.samples)
 
     def trial_finished(self, ev: Any) -> None:

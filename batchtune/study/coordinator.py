@@ -294,9 +294,9 @@ def worker_loop(
         else:
             heartbeat = get_heartbeat_thread(trial.trial_id, study._storage)
             heartbeat.start()
-            report = _with_updates(watch, on_update, trial.number, spec, plan.trial_samples or None)
+            report, moved = _with_updates(watch, on_update, trial.number, spec, plan.trial_samples or None)
             try:
-                result = runner.run(spec, timeout=cfg.trial_timeout, on_report=report)
+                result = runner.run(spec, timeout=cfg.trial_timeout, on_report=report, on_progress=moved)
             finally:
                 heartbeat.join()
         if watch is not None:
@@ -326,18 +326,25 @@ def worker_loop(
 
 def _with_updates(
     watch: Any, on_update: Callable[[TrialUpdate], None] | None, number: int, spec: Any, total: int | None
-) -> Any:
-    """The worker's report callback: ``watch`` (the pruner or the target), telling ``on_update`` first."""
+) -> tuple[Any, Any]:
+    """The worker's callbacks: at each evaluation ``watch`` (the pruner or the target), telling ``on_update``
+    first; while it trains (about once a second), ``on_update`` alone."""
     if on_update is None:
-        return watch
+        return watch, None
     params = {"batch_size": spec.effective_batch_size, "lr": spec.lr, "norm": spec.norm}
+    batch = spec.effective_batch_size
+    last: list[float | None] = [None]  # the latest evaluation, shown with the progress between evaluations
     on_update(TrialUpdate(number, params, 0, total))
 
     def report(step: int, value: float) -> bool:
-        on_update(TrialUpdate(number, params, int(step) * spec.effective_batch_size, total, value))
+        last[0] = value
+        on_update(TrialUpdate(number, params, int(step) * batch, total, value))
         return bool(watch(step, value)) if watch is not None else False
 
-    return report
+    def moved(step: int, steps: int) -> None:
+        on_update(TrialUpdate(number, params, int(step) * batch, int(steps) * batch, last[0]))
+
+    return report, moved
 
 
 def trial_space(cfg: SearchConfig, plan: TrialPlan, norms: tuple[str, ...]) -> dict[str, Any]:
