@@ -62,6 +62,18 @@ def _share(ev: Any) -> float:
     return ev.budget_used if ev.budget_used is not None else min(ev.done, ev.total) / max(1, ev.total)
 
 
+def pareto_lines(front: Any) -> list[str]:
+    """The Pareto front (a trials table) for the terminal: one trial a line, at most 66 characters."""
+    from batchtune.units import format_bytes
+
+    lines = []
+    for _, r in front.iterrows():
+        memory = format_bytes(int(r["peak_memory_bytes"])) if r["peak_memory_bytes"] == r["peak_memory_bytes"] else "-"
+        lines.append(f"  trial {int(r['trial']):<3} b{int(r['batch_size']):<5} lr {float(r['lr']):<9.3g} "
+                     f"{str(r['norm']):<5} {float(r['metric']):.4f} {_rate(r['throughput']):>6}/s {memory:>10}")
+    return lines
+
+
 def finding_lines(doctor: dict[str, Any]) -> list[str]:
     """The batch doctor's findings (study user attribute ``doctor``), worst first, for the terminal."""
     counts = doctor.get("counts") or {}

@@ -157,8 +157,6 @@ def render_result(result: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.summary, indent=2))
         return
-    from batchtune.study.report import trial_table
-
     rec = result.recommendation
     click.echo("")
     if rec is None:
@@ -197,9 +195,12 @@ def render_result(result: Any, as_json: bool) -> None:
         _wrapped(f"Compute: {compute.get('total_trial_equivalents', 0):.1f} of {compute['trial_equivalents']:g} "
                  f"trial-equivalents ({parts})")
     if not result.pareto.empty:
+        from batchtune.cli.live import pareto_lines
+
         click.echo("")
-        click.echo("Pareto front:")
-        click.echo(trial_table(result.pareto))
+        click.echo("Pareto front (the full table is in report.md):")
+        for line in pareto_lines(result.pareto):
+            click.echo(line)
     click.echo("")
     for name, path in result.paths.items():
         if not name.startswith("plot:"):

@@ -97,3 +97,17 @@ def test_trial_text_stays_within_its_room():
         assert len(trial_text(ev)) <= 34 + 16
         assert len(trial_text(ev, room=31)) <= 34 + 32
     assert finding_lines({"counts": {}, "findings": []}) == ["batch doctor: 0 error(s), 0 warning(s); nothing to fix"]
+
+
+def test_pareto_front_prints_one_trial_a_line_within_80_columns():
+    import pandas as pd
+
+    from batchtune.cli.live import pareto_lines
+
+    front = pd.DataFrame([{"trial": 12, "batch_size": 1024, "lr": 0.000123456, "norm": "group", "metric": 0.98765,
+                           "throughput": 123_456.0, "peak_memory_bytes": 5 * 2**30},
+                          {"trial": 3, "batch_size": 8, "lr": 0.05, "norm": "none", "metric": 0.5,
+                           "throughput": 900.0, "peak_memory_bytes": float("nan")}])
+    lines = pareto_lines(front)
+    assert lines[0] == "  trial 12  b1024  lr 0.000123  group 0.9877   123k/s    5.0 GiB"
+    assert lines[1].endswith("900/s          -") and all(len(line) <= 80 for line in lines)
