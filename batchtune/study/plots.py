@@ -247,6 +247,11 @@ def _curves_plot(plt: Any, curves: pd.DataFrame, summary: dict[str, Any], rec_tr
     limits = _focus_limits(list(decide) + best_seen, band, mode)
     if limits is not None:
         ax.set_ylim(*limits)
+        by_trial = curves.groupby("trial")["val_metric"]
+        hidden = int(((by_trial.max() < limits[0]) if mode == "max" else (by_trial.min() > limits[1])).sum())
+        if hidden:
+            ax.annotate(f"{hidden} trial(s) entirely off the axis", xy=(0.01, 0.02), xycoords="axes fraction",
+                        fontsize=7, color="dimgray")
     norms = sorted(curves["norm"].astype(str).unique())
     for norm in norms:
         ax.plot([], [], color=norm_colour(norm), label=f"{norm} norm")
