@@ -52,6 +52,7 @@ def main() -> int:
                 break
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+        shutil.rmtree(work, ignore_errors=True)
     lines = [line.rstrip() for line in screen.splitlines()]
     print(f"captured after {time.monotonic() - start:.0f} s (tmux 80x50, wrapped lines joined):")
     for line in lines:
