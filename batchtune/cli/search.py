@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +32,8 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--study", default=None, help="Study name [default: the task file's stem]."),
         click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///studies/<study>.db]."),
         click.option("--memory-budget", callback=size_option, default=None, help="Peak memory limit, e.g. 6GiB; trials above it are infeasible."),
-        click.option("--batch-size-min", type=int, default=8, show_default=True),
-        click.option("--batch-size-max", type=int, default=None, help="[default: the training set size, at most 1024]"),
+        click.option("--batch-size-min", type=int, default=8, show_default=True, help="Smallest batch size searched: powers of two from it up to --batch-size-max."),
+        click.option("--batch-size-max", type=int, default=None, help="Largest batch size searched (sizes that do not fit in memory are dropped by the probe) [default: the training set size, at most 1024]."),
         click.option("--batch-sizes", callback=int_list, default=None, help="Explicit list instead of powers of two, e.g. 16,48,96."),
         click.option("--lr-min", type=float, default=None, help="Fixed LR range instead of the measured one (with --lr-max) [default: each cell's window from an LR range test; 1e-4 under --lr-rule or another objective]."),
         click.option("--lr-max", type=float, default=None, help="Upper end of a fixed LR range [default: measured; 0.3 under --lr-rule or another objective]; under an --lr-rule, of the base LR at the reference batch."),
@@ -54,7 +53,7 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--epochs", type=float, default=None, help="Training budget per trial in epochs (fractions allowed) [default: 3]."),
         click.option("--budget-samples", type=int, default=None, help="Training budget per trial in samples, instead of --epochs."),
         click.option("--eval-every", type=float, default=None, help="Evaluate every this many epochs [default: each epoch; a quarter epoch under --objective time-to-target]."),
-        click.option("--trial-timeout", type=float, default=1800, show_default=True, help="Seconds before a hung trial is killed and recorded failed."),
+        click.option("--trial-timeout", type=float, default=1800, show_default=True, help="Seconds before a hung trial is killed; it is recorded with status timeout."),
         click.option("--tolerance", callback=tolerance_option, default=None, help="How far from the best metric still counts: 0.5pp, 1% or 0.01 [default: 0.5pp for accuracy-like metrics, else 1%]."),
         click.option("--current-batch-size", type=int, default=None, help="The batch size you train with now; the report says how to rescale your learning rate."),
         click.option("--threads", type=int, default=None, help="CPU threads per trial [default: cores / workers]."),
@@ -98,59 +97,42 @@ def command(task: str, **opts: Any) -> None:
     from batchtune.trial.device import busy_machine
 
     if busy := busy_machine(config.threads):
-        click.echo(f"warning: {busy}", err=True)
+        _wrapped(f"warning: {busy}", err=True)
     _run_search(config, as_json)
 
 
 def _run_search(config: Any, as_json: bool) -> None:
+    from batchtune.cli.live import make_display
     from batchtune.study.run import search as run_search
 
-    lock = threading.Lock()
+    display = make_display()
 
     def on_start(info: dict[str, Any]) -> None:
-        _wrapped(
+        if info.get("doctor"):
+            display.findings(info["doctor"])
+        display.note(
             f"study {info['study']} ({info['storage']}) on {info['device']}: batch sizes "
             f"{','.join(map(str, info['batch_sizes']))}; norms {','.join(info['norms'])}; "
-            f"{info['workers']} worker(s)",
-            err=True,
+            f"{info['workers']} worker(s)"
         )
         left_out = info.get("left_out") or {}
         short = [str(b) for b, why in left_out.items() if "optimizer steps per trial" in why]
         if short:
-            _wrapped(f"batch sizes {', '.join(short)} left out: fewer than 50 optimizer steps per trial, too few to "
-                     "judge within the budget; raise --epochs, or pass --batch-sizes to search them anyway", err=True)
+            display.note(f"batch sizes {', '.join(short)} left out: fewer than 50 optimizer steps per trial, too few "
+                         "to judge within the budget; raise --epochs, or pass --batch-sizes to search them anyway")
         for size, why in left_out.items():
             if str(size) not in short:
-                _wrapped(f"batch size {size} left out: {why}", err=True)
+                display.note(f"batch size {size} left out: {why}")
         if info.get("lr_rule") not in (None, "none"):
-            click.echo(f"lr rule {info['lr_rule']}: --lr-min/--lr-max bound the base lr at batch {info['lr_reference_batch']}", err=True)
+            display.note(f"lr rule {info['lr_rule']}: --lr-min/--lr-max bound the base lr at batch "
+                         f"{info['lr_reference_batch']}")
+        display.phase("running the trials")
 
-    def on_event(ev: Any) -> None:
-        width = 10
-        share = ev.budget_used if ev.budget_used is not None else min(ev.done, ev.total) / max(1, ev.total)
-        filled = int(width * min(1.0, share))
-        bar = "#" * filled + "-" * (width - filled)
-        count = f"{min(share, 9.99):>4.0%}" if ev.budget_used is not None else f"{ev.done:>3}/{ev.total}"
-        p = ev.params
-        what = f"b{p['batch_size']:<4} lr {p['lr']:.2e} {p['norm']:<6}"
-        if p.get("accumulate", 1) > 1:
-            what += f" ({p['micro_batch']}x{p['accumulate']})"
-        if ev.status == "ok":
-            detail = f"{ev.metric:.4f} {ev.throughput:>8,.0f}/s"
-        elif ev.status == "pruned" and ev.metric is not None:
-            detail = f"pruned at {ev.metric:.4f}"
-        else:
-            detail = f"{ev.status.upper()}: {(ev.reason or '')[:40]}"
-        best = f"best {ev.best_metric:.4f}" if ev.best_metric is not None else "best -"
-        with lock:
-            # Fits 80 columns: the full figures are in the report and trials.csv.
-            click.echo(f"[{bar}] {count} #{ev.number:<3} {what} {detail} | {best}", err=True)
-
-    def on_phase(line: str) -> None:
-        with lock:
-            _wrapped(f"== {line}", err=True)
-
-    result = run_search(config, on_event=on_event, on_start=on_start, on_phase=on_phase)
+    try:
+        result = run_search(config, on_event=display.trial_finished, on_start=on_start, on_phase=display.phase,
+                            on_update=display.trial_update)
+    finally:
+        display.close()
     render_result(result, as_json)
     if result.interrupted:
         click.echo("interrupted: the running trial was recorded as failed; the report covers what finished", err=True)
@@ -175,8 +157,6 @@ def render_result(result: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.summary, indent=2))
         return
-    from batchtune.study.report import trial_table
-
     rec = result.recommendation
     click.echo("")
     if rec is None:
@@ -207,7 +187,7 @@ def render_result(result: Any, as_json: bool) -> None:
             spread = f" ± {c['spread']:.2g}" if c.get("spread") is not None else ""
             why = {"best trial": "best", "faster cell close to the best": "faster, near best",
                    "best of another cell": "other cell"}.get(c["why"], c["why"])
-            click.echo(f"  #{c['trial']:<3} b{q['batch_size']:<4} lr {q['lr']:<8.3g} {q['norm']:<6} {mean}{spread} "
+            click.echo(f"  trial {c['trial']:<3} b{q['batch_size']:<4} lr {q['lr']:<8.3g} {q['norm']:<6} {mean}{spread} "
                        f"(own seed {c['trial_metric']:.4g}; {why})")
     compute = summary.get("compute")
     if compute:
@@ -215,9 +195,12 @@ def render_result(result: Any, as_json: bool) -> None:
         _wrapped(f"Compute: {compute.get('total_trial_equivalents', 0):.1f} of {compute['trial_equivalents']:g} "
                  f"trial-equivalents ({parts})")
     if not result.pareto.empty:
+        from batchtune.cli.live import pareto_lines
+
         click.echo("")
-        click.echo("Pareto front:")
-        click.echo(trial_table(result.pareto))
+        click.echo("Pareto front (the full table is in report.md):")
+        for line in pareto_lines(result.pareto):
+            click.echo(line)
     click.echo("")
     for name, path in result.paths.items():
         if not name.startswith("plot:"):

@@ -84,10 +84,11 @@ def doctor_for_search(task_path: str, sizes: Any, norms: Any, device: Any, seed:
     except Exception as exc:  # the checks failing is a finding; the trials decide about the task
         finding = Finding("doctor", "warning", f"the batch doctor could not finish: {exc}",
                           "run `batchtune check` on the task file to see the failure")
-        log.warning("batch doctor: %s", finding.message)
+        log.info("batch doctor: %s", finding.message)
         data = {"task": task_path, "batch_sizes": list(sizes), "norm": norm, "train_size": None,
                 "counts": {"error": 0, "warning": 1, "info": 0}, "exit_code": 0, "findings": [asdict(finding)]}
         return {**data, "markdown": doctor_markdown(data)}
+    # Logged at info: the CLI shows the findings themselves (study user attribute "doctor"), and the report lists them.
     for f in d.errors + d.warnings:
-        log.warning("batch doctor %s [%s]: %s", f.severity, f.check, f.message)
+        log.info("batch doctor %s [%s]: %s", f.severity, f.check, f.message)
     return {**d.to_dict(), "markdown": doctor_markdown(d)}

@@ -676,7 +676,9 @@ def probe_for_search(
 
     # Written and stored before any refusal below, so the report shows why nothing fits.
     if out_dir is not None:
-        write_probe_report(result, out_dir, plots=cfg.plots)
+        # In its own folder: `batchtune probe` writes probe.md and probe.json in reports/<name>/, which is
+        # also where a search of the same task writes its report.
+        write_probe_report(result, out_dir / "probe", plots=cfg.plots)
     stored = dict(_compact(result.to_dict()), key=key, allowed_batch_sizes=list(kept))
     study.set_user_attr("probe", stored)
     if not kept:

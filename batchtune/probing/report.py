@@ -230,7 +230,7 @@ def probe_section(data: dict[str, Any], out_dir: Path) -> str:
         return str(data.get("markdown", ""))
     result = ProbeResult.from_dict(data)
     names = ("throughput", "memory", "utilisation")
-    plots = {n: out_dir / "plots" / f"probe_{n}_vs_batch_size.png" for n in names}
+    plots = {n: out_dir / "probe" / "plots" / f"probe_{n}_vs_batch_size.png" for n in names}
     return render_markdown(result, {n: p for n, p in plots.items() if p.exists()}, out_dir, level=3)
 
 
@@ -247,28 +247,39 @@ def _plt() -> Any:
 
 
 def _mark(ax: Any, curve: ProbeCurve, y: Any, color: Any) -> None:
-    for size, marker in ((curve.knee, "o"), (curve.recommended_max, "*"), (curve.largest_fit, "^")):
+    """Hollow markers, drawn large and on top, so the point under each stays visible."""
+    for size, marker, area in ((curve.knee, "o", 110), (curve.recommended_max, "*", 300), (curve.largest_fit, "s", 150)):
         p = curve.point(size)
         if p is None or y(p) is None:
             continue
-        ax.scatter([p.batch_size], [y(p)], marker=marker, s=140 if marker == "*" else 70, facecolors="none",
-                   edgecolors=color, linewidths=1.5, zorder=5)
+        ax.scatter([p.batch_size], [y(p)], marker=marker, s=area, facecolors="none", edgecolors=color, linewidths=1.4,
+                   zorder=5)
+
+
+def _colour(curve: ProbeCurve, precisions: int) -> tuple[Any, str]:
+    """The norm's colour (the same as in the search's plots) and a line style per precision."""
+    from batchtune.study.plots import norm_colour
+
+    styles = {"fp32": "-", "bf16": "--", "fp16": ":"}
+    return norm_colour(curve.norm), styles.get(curve.precision, "-.") if precisions > 1 else "-"
 
 
 def probe_plots(result: ProbeResult, out: Path) -> dict[str, Path]:
-    """Throughput, peak memory (with the fitted line and the budget) and utilisation vs batch size."""
+    """Throughput, peak memory (with the fitted line and the budget) and achieved FLOP/s vs batch size."""
     plt = _plt()
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     s = result.settings
     if not any(p.fits for c in result.curves for p in c.points):
         return paths
+    precisions = len({c.precision for c in result.curves})
 
     def finish(fig: Any, ax: Any, name: str, ylabel: str, title: str) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(bottom=0)  # from zero: a 10% difference looks like 10%
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -277,18 +288,22 @@ def probe_plots(result: ProbeResult, out: Path) -> dict[str, Path]:
         plt.close(fig)
         paths[name] = path
 
+    def marker_legend(ax: Any) -> None:
+        ax.scatter([], [], marker="o", s=60, facecolors="none", edgecolors="gray", label="knee")
+        ax.scatter([], [], marker="*", s=120, facecolors="none", edgecolors="gray", label="recommended max")
+        ax.scatter([], [], marker="s", s=60, facecolors="none", edgecolors="gray", label="largest fit")
+
     # Throughput.
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for c in result.curves:
         ok = [p for p in c.points if p.fits and p.throughput]
         if not ok:
             continue
-        (line,) = ax.plot([p.batch_size for p in ok], [p.throughput for p in ok], marker=".", label=c.label)
-        _mark(ax, c, lambda p: p.throughput, line.get_color())
-    ax.plot([], [], "o", mfc="none", color="gray", label="knee")
-    ax.plot([], [], "*", mfc="none", color="gray", label="recommended max")
-    ax.plot([], [], "^", mfc="none", color="gray", label="largest fit")
-    finish(fig, ax, "throughput", "samples/s", "Training throughput vs batch size")
+        colour, style = _colour(c, precisions)
+        ax.plot([p.batch_size for p in ok], [p.throughput for p in ok], style, marker=".", color=colour, label=c.label)
+        _mark(ax, c, lambda p: p.throughput, colour)
+    marker_legend(ax)
+    finish(fig, ax, "throughput", "training samples/s", "Probe: training throughput vs batch size")
 
     # Peak memory, the fitted line, the budget and the headroom line.
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -298,41 +313,53 @@ def probe_plots(result: ProbeResult, out: Path) -> dict[str, Path]:
         ran = [(p, float(p.peak_memory_bytes)) for p in c.points if p.peak_memory_bytes and _ran(p)]
         if not ran:
             continue
-        (line,) = ax.plot([p.batch_size for p, _ in ran], [m / mib for _, m in ran], ".", markersize=8,
-                          label=c.label)
+        colour, style = _colour(c, precisions)
+        ax.plot([p.batch_size for p, _ in ran], [m / mib for _, m in ran], ".", markersize=8, color=colour,
+                label=c.label)
+        _mark(ax, c, lambda p: p.peak_memory_bytes / mib if p.peak_memory_bytes else None, colour)
         top = max(top, max(m for _, m in ran))
         over = [(p, m) for p, m in ran if not p.fits]
         if over:
-            ax.scatter([p.batch_size for p, _ in over], [m / mib for _, m in over], marker="x",
-                       color=line.get_color(), zorder=5)
+            ax.scatter([p.batch_size for p, _ in over], [m / mib for _, m in over], marker="x", color=colour,
+                       zorder=5)
         model = c.memory_model
         if model is not None:
             import numpy as np
 
             xs = np.geomspace(min(p.batch_size for p, _ in ran), max(p.batch_size for p, _ in ran), 50)
-            ax.plot(xs, [model.predict(x) / mib for x in xs], "--", color=line.get_color(), alpha=0.7,
+            ax.plot(xs, [model.predict(x) / mib for x in xs], "--", color=colour, alpha=0.7,
                     label=f"{c.label} fit: {format_bytes(model.fixed_bytes)} + {format_bytes(model.per_sample_bytes)}/sample")
     if s.limit_bytes and (s.memory_budget_bytes or s.limit_bytes <= 2 * top):
         ax.axhline(s.limit_bytes / mib, color="red", linewidth=1, label=f"{s.limit_source} {format_bytes(s.limit_bytes)}")
         ax.axhline((1 - s.headroom) * s.limit_bytes / mib, color="red", linestyle=":", linewidth=1,
                    label=f"with {s.headroom:.0%} headroom")
-    finish(fig, ax, "memory", "peak memory (MiB)", "Peak memory vs batch size")
+    marker_legend(ax)
+    finish(fig, ax, "memory", "peak memory (MiB)", "Probe: peak memory vs batch size")
 
-    # Utilisation.
+    # Achieved FLOP/s, with the denominators of MFU and of the matmul share as labelled lines: a
+    # percentage alone hides which one it is (and a measured "ceiling" can sit below the model).
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drew = False
-    labels = set()
+    refs: dict[str, float] = {}
     for c in result.curves:
-        attr, label = _utilisation(c)
-        ok = [p for p in c.points if p.fits and getattr(p, attr) is not None]
+        ok = [p for p in c.points if p.fits and p.achieved_flops]
         if not ok:
             continue
-        labels.add(label)
-        ax.plot([p.batch_size for p in ok], [100 * getattr(p, attr) for p in ok], marker=".", label=c.label)
+        colour, style = _colour(c, precisions)
+        ax.plot([p.batch_size for p in ok], [(p.achieved_flops or 0.0) / 1e9 for p in ok], style, marker=".", color=colour,
+                label=c.label)
         drew = True
+        if c.peak_flops:
+            refs[f"{c.precision} peak FLOP/s ({c.peak_flops_source}): {_flops(c.peak_flops)}/s"] = c.peak_flops
+        if c.matmul_peak_flops:
+            refs[f"{c.precision} matmul ceiling (measured): {_flops(c.matmul_peak_flops)}/s"] = c.matmul_peak_flops
     if drew:
-        ylabel = "MFU (% of peak FLOP/s)" if labels == {"MFU"} else "utilisation (% of peak or matmul ceiling)"
-        finish(fig, ax, "utilisation", ylabel, "Utilisation vs batch size")
+        top = max(p.achieved_flops or 0 for c in result.curves for p in c.points)
+        for (label, value), style in zip(sorted(refs.items(), key=lambda kv: kv[1]), ("-.", ":", "--", "-")):
+            if value <= 5 * top:  # a datasheet peak 100x above the model would flatten the curves
+                ax.axhline(value / 1e9, color="dimgray", linestyle=style, linewidth=1, label=label)
+        finish(fig, ax, "utilisation", "achieved GFLOP/s (forward + backward)",
+               "Probe: achieved FLOP/s vs batch size (lines: the denominators)")
     else:
         plt.close(fig)
     return paths

@@ -43,6 +43,17 @@ class TrialEvent:
     budget_used: float | None = None  # share of the trials' compute budget spent (metric objective)
 
 
+@dataclass(frozen=True)
+class TrialUpdate:
+    """A running trial, for a live display: just started (``samples`` 0), or evaluated (``metric``)."""
+
+    number: int
+    params: dict[str, Any]
+    samples: int
+    total_samples: int | None  # a full-length trial's samples, when the plan knows it
+    metric: float | None = None
+
+
 def owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
@@ -188,6 +199,7 @@ def run_workers(
     threads: int,
     progress: Progress,
     on_event: Callable[[TrialEvent], None] | None,
+    on_update: Callable[[TrialUpdate], None] | None = None,
 ) -> tuple[bool, list[BaseException]]:
     """Run ``workers`` worker threads until the study has ``cfg.total_trials`` counted trials.
 
@@ -201,7 +213,8 @@ def run_workers(
 
     def loop(runner: Any, slot: int) -> None:
         try:
-            worker_loop(study, runner, cfg, device, plan, norms, threads, progress, stop, deadline, on_event)
+            worker_loop(study, runner, cfg, device, plan, norms, threads, progress, stop, deadline, on_event,
+                        on_update)
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
             stop.set()
@@ -242,6 +255,7 @@ def worker_loop(
     stop: threading.Event,
     deadline: float | None,
     on_event: Callable[[TrialEvent], None] | None,
+    on_update: Callable[[TrialUpdate], None] | None = None,
 ) -> None:
     from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.trial import TrialState
@@ -280,8 +294,9 @@ def worker_loop(
         else:
             heartbeat = get_heartbeat_thread(trial.trial_id, study._storage)
             heartbeat.start()
+            report, moved = _with_updates(watch, on_update, trial.number, spec, plan.trial_samples or None)
             try:
-                result = runner.run(spec, timeout=cfg.trial_timeout, on_report=watch)
+                result = runner.run(spec, timeout=cfg.trial_timeout, on_report=report, on_progress=moved)
             finally:
                 heartbeat.join()
         if watch is not None:
@@ -307,6 +322,29 @@ def worker_loop(
                     budget_used=_budget_used(tally, plan, result),
                 )
             )
+
+
+def _with_updates(
+    watch: Any, on_update: Callable[[TrialUpdate], None] | None, number: int, spec: Any, total: int | None
+) -> tuple[Any, Any]:
+    """The worker's callbacks: at each evaluation ``watch`` (the pruner or the target), telling ``on_update``
+    first; while it trains (about once a second), ``on_update`` alone."""
+    if on_update is None:
+        return watch, None
+    params = {"batch_size": spec.effective_batch_size, "lr": spec.lr, "norm": spec.norm}
+    batch = spec.effective_batch_size
+    last: list[float | None] = [None]  # the latest evaluation, shown with the progress between evaluations
+    on_update(TrialUpdate(number, params, 0, total))
+
+    def report(step: int, value: float) -> bool:
+        last[0] = value
+        on_update(TrialUpdate(number, params, int(step) * batch, total, value))
+        return bool(watch(step, value)) if watch is not None else False
+
+    def moved(step: int, steps: int) -> None:
+        on_update(TrialUpdate(number, params, int(step) * batch, int(steps) * batch, last[0]))
+
+    return report, moved
 
 
 def trial_space(cfg: SearchConfig, plan: TrialPlan, norms: tuple[str, ...]) -> dict[str, Any]:
@@ -437,8 +475,12 @@ def record(
         data["status"] = "failed"
         data["reason"] = "the training budget was too short to time or evaluate; raise --epochs"
     # One attribute for the measurements, status and reason: each set_user_attr is a storage round
-    # trip (a commit on RDB storage), and the coordinator's time per trial must stay small.
-    trial.set_user_attr("result", data)
+    # trip (a commit on RDB storage), and the coordinator's time per trial must stay small. The key
+    # figures again, rounded, one per attribute for optuna-dashboard, go in the same transaction
+    # (benchmarks/dashboard_attrs.py measures what they add).
+    from batchtune.study.dashboard import readable_attrs
+
+    trial.set_user_attrs({"result": data, **readable_attrs(data)})
     if over is not None and over > 0:
         # Optuna treats a trial without constraints, or with values <= 0, as feasible, and its
         # samplers use only the positive values (the violation); storing the margin of a feasible

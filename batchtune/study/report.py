@@ -379,7 +379,7 @@ def write_search_report(result: Any, out_dir: Path, *, plots: bool = True) -> di
             rec_trial = rec.trial if rec else None
             rec_cell = (int(rec.params["batch_size"]), str(rec.params["norm"])) if rec else None
             plot_paths = search_plots(result.trials, result.curves, out_dir / "plots", rec_trial,
-                                      cells=result.summary.get("cells"), rec_cell=rec_cell)
+                                      cells=result.summary.get("cells"), rec_cell=rec_cell, summary=result.summary)
         except OSError as exc:
             raise OutputError(f"cannot write plots under {out_dir}: {exc.strerror}; free disk space or pass another --output") from None
     csv = result.trials.drop(columns=[], errors="ignore").to_csv(index=False)

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from batchtune.errors import BatchtuneError, UsageError
 from batchtune.study.config import SearchConfig
+from batchtune.study.dashboard import name_objectives
 from batchtune.study.coordinator import (
     Progress,
     TrialEvent,
+    TrialUpdate,
     gpu_ids,
     make_runner,
     reap_dead_local_trials,
@@ -68,10 +70,12 @@ def search(
     on_start: Callable[[dict[str, Any]], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
     write_report: bool = True,
+    on_update: Callable[[TrialUpdate], None] | None = None,
 ) -> SearchResult:
     """Run (or resume) a study and write its report. See the README for every option.
 
-    ``on_phase`` is called with a line announcing each phase before it starts (the CLI prints it).
+    ``on_phase`` is called with a line announcing each phase before it starts (the CLI prints it);
+    ``on_update`` when a trial starts and at each of its evaluations (the CLI's live display).
 
     Returns the :class:`SearchResult`; raises :class:`BatchtuneError` subclasses for bad input.
     KeyboardInterrupt marks the running trials interrupted, writes the report of what finished,
@@ -79,7 +83,7 @@ def search(
     """
     cfg = config.validated()
     with quiet_optuna():
-        return _search(cfg, on_event, on_start, on_phase, write_report)
+        return _search(cfg, on_event, on_start, on_phase, write_report, on_update)
 
 
 @contextlib.contextmanager
@@ -125,6 +129,7 @@ def _search(
     on_start: Callable[[dict[str, Any]], None] | None,
     on_phase: Callable[[str], None] | None,
     write_report: bool,
+    on_update: Callable[[TrialUpdate], None] | None = None,
 ) -> SearchResult:
     out_dir = Path(cfg.output_dir) / cfg.study_name if write_report else None
     say = on_phase or (lambda line: log.info("%s", line))
@@ -144,28 +149,31 @@ def _search(
             say("probing which batch sizes fit" if cfg.probe else "planning the trials")
             plan, spend, warnings = _plan_sizes(study, cfg, setup, out_dir), None, []
         _record_space_and_meta(study, cfg, setup, plan)
+        name_objectives(study, plan.objective)
+        doctor = None
         if cfg.doctor:
             from batchtune.doctor.report import doctor_for_search
 
             say("running the batch doctor")
-            study.set_user_attr("doctor", doctor_for_search(str(setup.task.path), plan.sizes, setup.norms, setup.device,
-                                                            cfg.seed))
+            doctor = doctor_for_search(str(setup.task.path), plan.sizes, setup.norms, setup.device, cfg.seed)
+            study.set_user_attr("doctor", doctor)
         _recover_dead_trials(study)
         if on_start:
             on_start({"study": cfg.study_name, "storage": redact_url(setup.url), "device": str(setup.device),
                       "norms": setup.norms, "batch_sizes": plan.sizes, "norm_note": setup.norm_note,
                       "workers": setup.workers, "lr_rule": plan.rule, "lr_reference_batch": plan.reference,
                       "objective": plan.objective, "left_out": setup.left_out, "trial_budget": plan.trial_budget,
-                      "trial_samples": plan.trial_samples})
+                      "trial_samples": plan.trial_samples, "doctor": doctor})
         if spend is not None:
             _start_design(study, cfg, setup, plan)
-        interrupted = _run_trials(study, cfg, setup, plan, on_event)
+        interrupted = _run_trials(study, cfg, setup, plan, on_event, on_update)
         if spend is not None and not interrupted:
-            interrupted = _climb(study, cfg, setup, plan, on_event, say)
+            interrupted = _climb(study, cfg, setup, plan, on_event, say, on_update)
             if not interrupted and plan.climb_samples and plan.trial_budget is not None:
                 # What the climb left unspent goes back to the sampler (its trials count the climb's).
                 interrupted = _run_trials(study, cfg, setup,
-                                          replace(plan, trial_budget=plan.trial_budget + plan.climb_samples), on_event)
+                                          replace(plan, trial_budget=plan.trial_budget + plan.climb_samples), on_event,
+                                          on_update)
         if spend is not None and not interrupted and runner is not None:
             _rerun_and_account(study, cfg, setup, plan, runner, spend, warnings, say)
     finally:
@@ -387,7 +395,8 @@ def _start_design(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan)
 
 
 def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
-           on_event: Callable[[TrialEvent], None] | None, say: Callable[[str], None]) -> bool:
+           on_event: Callable[[TrialEvent], None] | None, say: Callable[[str], None],
+           on_update: Callable[[TrialUpdate], None] | None = None) -> bool:
     """Phase 5b of the default search: one trial at a time at the next faster neighbour of the trials close
     to the best (:mod:`batchtune.study.climb`), within the climb's share of the budget; returns whether
     Ctrl-C stopped it."""
@@ -417,8 +426,13 @@ def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
             announced = True
         study.enqueue_trial(step.params, user_attrs={"origin": climb.ORIGIN, "climb": step.why},
                             skip_if_exists=False)
-        if _run_trials(study, replace(cfg, trials=counted + 1), setup, replace(plan, trial_budget=None), on_event):
+        # One trial (the queued one); the budget shown is the trials' and the climb's together.
+        budget = None if plan.trial_budget is None else plan.trial_budget + plan.climb_samples
+        if _run_trials(study, replace(cfg, trials=counted + 1), setup, replace(plan, trial_budget=budget), on_event,
+                       on_update):
             return True
+        if sum(counts(t) for t in study.get_trials(deepcopy=False)) <= counted:
+            return False  # the queued trial did not run (the time limit or the budget): the climb ends here
 
 
 def majority_share(dataset: Any) -> float | None:
@@ -492,7 +506,8 @@ def _recover_dead_trials(study: Any) -> None:
 
 
 def _run_trials(
-    study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan, on_event: Callable[[TrialEvent], None] | None
+    study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan, on_event: Callable[[TrialEvent], None] | None,
+    on_update: Callable[[TrialUpdate], None] | None = None,
 ) -> bool:
     """Phase 5: the workers run trials until the study has its total; returns whether Ctrl-C stopped them."""
     progress = Progress(cfg.total_trials, setup.task.metric_mode)
@@ -501,7 +516,7 @@ def _run_trials(
             progress.update(t.user_attrs["result"].get("final_metric"))
     interrupted, errors = run_workers(
         study, cfg, setup.device, plan, setup.norms, workers=setup.workers, gpus=setup.gpus, threads=setup.threads,
-        progress=progress, on_event=on_event,
+        progress=progress, on_event=on_event, on_update=on_update,
     )
     if errors and not interrupted:
         err = errors[0]

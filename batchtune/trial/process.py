@@ -71,7 +71,10 @@ def _worker_main(conn: Any, task_path: str | None, env: dict[str, str]) -> None:
             conn.send(("report", step, value))
             return bool(conn.recv())
 
-        result = run_trial(task, spec, datasets[0], datasets[1], report=report)
+        def progress(step: int, total: int) -> None:
+            conn.send(("progress", step, total))
+
+        result = run_trial(task, spec, datasets[0], datasets[1], report=report, progress=progress)
         conn.send(("done", result.to_dict()))
 
 
@@ -219,8 +222,13 @@ class TrialRunner:
         *,
         timeout: float | None = None,
         on_report: Callable[[int, float], bool] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> TrialResult:
-        """Run one trial; a dead or hung worker becomes a failed result and is replaced next time."""
+        """Run one trial; a dead or hung worker becomes a failed result and is replaced next time.
+
+        ``on_report(step, value)`` at each evaluation (True stops the trial); ``on_progress(step, total
+        steps)`` about once a second while it trains.
+        """
         if self.interrupted:
             return TrialResult(status="interrupted", reason="interrupted (Ctrl-C) before the trial started")
         if not self.alive():
@@ -241,6 +249,10 @@ class TrialRunner:
                         wall_time=time.monotonic() - start,
                     )
                 message = self._conn.recv()
+                if message[0] == "progress":
+                    if on_progress is not None:
+                        on_progress(message[1], message[2])
+                    continue
                 if message[0] == "report":
                     stop = on_report(message[1], message[2]) if on_report else False
                     self._conn.send(bool(stop))

@@ -125,7 +125,7 @@ def test_the_climb_phase_queues_one_neighbour_at_a_time_within_its_share(monkeyp
 
     ran = []
 
-    def fake_run_trials(study_, cfg_, setup_, plan_, on_event):
+    def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None):
         trial = study_.ask(space)
         ran.append(dict(trial.params))
         tell(trial, full)
@@ -140,3 +140,15 @@ def test_the_climb_phase_queues_one_neighbour_at_a_time_within_its_share(monkeyp
     assert [t.user_attrs["climb"] for t in climbed] == [
         "faster than trial 1: the next batch size of batch norm, the same LR position",
         "faster than trial 2: the next batch size of batch norm, the same LR position"]
+    # A climb whose queued trial does not run (the time limit passed) ends instead of queueing it again.
+    monkeypatch.setattr(run, "_run_trials", lambda *args, **kwargs: False)
+    plan_more = TrialPlan(**{**plan.__dict__, "climb_samples": 10 * full})
+    metric[32] = 0.95
+    study.enqueue_trial({"batch_size": 32, "lr_position": 0.5, "norm": "batch"})
+    tell(study.ask(space), full)  # batch 32 held at another LR: batch 64 at its position is next
+    before = len(study.trials)
+    assert run._climb(study, cfg, setup, plan_more, None, lambda line: None) is False
+    assert len(study.trials) == before + 1  # one queued (waiting for a resume), not one per loop
+    waiting = study.trials[-1]
+    assert waiting.state == optuna.trial.TrialState.WAITING and waiting.user_attrs["origin"] == "climb"
+    assert waiting.system_attrs["fixed_params"] == {"batch_size": 64, "lr_position": 0.5, "norm": "batch"}

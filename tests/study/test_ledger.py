@@ -93,13 +93,15 @@ def test_lean_trial_costs_far_fewer_statements_than_ask_and_tell(setup):
             for name, choices in (("batch_size", list(SIZES)), ("norm", list(NORMS))):
                 trial.suggest_categorical(name, choices)
             trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)
-            for key in ("result", "status", "reason"):
+            # The same attributes as record(): the measurements and the readable figures for optuna-dashboard.
+            for key in ("result", "outcome", "lr", "val_metric", "samples_per_s", "peak_memory_MiB", "train_seconds"):
                 trial.set_user_attr(key, None)
             trial.set_constraint("memory", -0.5)  # batchtune stores only violations (see record)
             study.tell(trial, [0.9, 1000.0, 2.0**28])
         plain = statements[0] / 6
-    # The figures benchmarks/coordinator_overhead.py prints: about 33 against about 70.
-    assert lean <= 38 and plain >= 1.8 * lean, (lean, plain)
+    # The figures benchmarks/coordinator_overhead.py prints: about 45 against about 100 (12 of the 45 store
+    # the readable attributes, in the same transaction as the measurements).
+    assert lean <= 48 and plain >= 1.8 * lean, (lean, plain)
 
 
 def test_claims_past_the_total_are_surplus_and_enqueued_parameters_are_kept(setup):

@@ -32,3 +32,22 @@ def test_dataloader_workers_run_inside_a_trial_worker(tasks, tmp_path):
     with TrialRunner(str(tmp_path / "lstm_workers.py")) as runner:
         result = runner.run(TrialSpec(batch_size=8, lr=0.01, norm="as-built", epochs=1, threads=1))
     assert result.status == "ok", result.reason  # not "daemonic processes are not allowed to have children"
+
+
+def test_a_running_trial_reports_its_progress_about_once_a_second(tasks):
+    from batchtune.trial.train import TrialSpec
+
+    seen: list[tuple[int, int]] = []
+    evaluated: list[int] = []
+    # 64 steps an epoch x 25 epochs: over a second of training on any CPU, evaluated at the end only.
+    spec = TrialSpec(batch_size=8, lr=0.01, norm="batch", epochs=25, eval_every=25, threads=1)
+    with TrialRunner(str(tasks / "tiny_mlp.py")) as runner:
+        result = runner.run(spec, on_report=lambda step, value: evaluated.append(step) or False,
+                            on_progress=lambda step, total: seen.append((step, total)))
+    assert result.status == "ok", result.reason
+    assert evaluated == [64 * 25]
+    assert seen and all(total == 64 * 25 for _, total in seen)
+    steps = [step for step, _ in seen]
+    assert steps == sorted(steps) and 0 < steps[0] and steps[-1] < 64 * 25
+    # About once a second: no more messages than seconds of training, give or take the first.
+    assert len(seen) <= result.train_time + 2, (len(seen), result.train_time)

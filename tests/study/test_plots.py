@@ -1,0 +1,58 @@
+"""The search's plots: near-equals picked by the tolerance, axes framed on the decision, one colour per norm."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from batchtune.study import plots
+
+
+def trials() -> pd.DataFrame:
+    rows = [
+        # trial, batch, norm, metric: two outliers far below the decision band (0.97-0.99)
+        (0, 16, "batch", 0.985), (1, 16, "batch", 0.38), (2, 32, "group", 0.980), (3, 64, "group", 0.975),
+        (4, 64, "layer", 0.40), (5, 32, "batch", 0.978), (6, 64, "batch", 0.982),
+    ]
+    return pd.DataFrame([{"trial": t, "batch_size": b, "norm": n, "metric": m, "status": "ok", "lr": 0.01,
+                          "throughput": 1000.0 * b ** 0.5, "peak_memory_bytes": (400 + b) * 2**20}
+                         for t, b, n, m in rows])
+
+
+SUMMARY = {
+    "metric_mode": "max",
+    "recommendation": {"trial": 6, "params": {"batch_size": 64, "norm": "batch", "lr": 0.01}, "metric": 0.982,
+                       "best_trial": 0, "best_metric": 0.985, "tolerance": {"value": 0.005, "kind": "absolute"}},
+    "candidates": [
+        {"trial": 0, "params": {"batch_size": 16, "norm": "batch", "lr": 0.01}, "mean": 0.985, "spread": 0.002},
+        {"trial": 6, "params": {"batch_size": 64, "norm": "batch", "lr": 0.01}, "mean": 0.982, "spread": 0.001},
+        {"trial": 2, "params": {"batch_size": 32, "norm": "group", "lr": 0.01}, "mean": 0.970, "spread": 0.004},
+    ],
+}
+
+
+def test_near_equals_are_the_candidates_within_the_tolerance_of_the_best():
+    near_cells, near_trials, band = plots._highlights(SUMMARY, trials())
+    assert band == (0.98, 0.985)
+    assert near_cells == {(16, "batch")} and near_trials == {0}  # not the recommendation, not 0.970
+
+
+def test_metric_axis_frames_the_band_not_the_outliers():
+    low, high = plots._focus_limits([0.985, 0.98, 0.975, 0.40], (0.98, 0.985), "max")
+    assert 0.92 < low < 0.975 and 0.985 < high < 0.995  # ten tolerances at most, the 0.40 cell off the axis
+    low, high = plots._focus_limits([0.985, 0.984], (0.98, 0.985), "max")
+    assert high - low >= 3 * 0.005  # the band never fills the axis
+
+
+def test_search_plots_are_written_with_distinct_titles_and_norm_colours(tmp_path):
+    curves = pd.DataFrame([{"trial": t, "batch_size": 16, "norm": "batch", "lr": 0.01, "samples": s,
+                            "val_metric": 0.9 + 0.01 * t + s / 1e5} for t in (0, 6) for s in (100, 200, 300)])
+    paths = plots.search_plots(trials(), curves, tmp_path, 6, summary=SUMMARY)
+    assert set(paths) == {"metric", "throughput", "memory", "curves"}
+    assert all(p.stat().st_size > 10_000 for p in paths.values())
+    from batchtune.probing.report import _colour
+
+    class Curve:
+        norm, precision = "group", "fp32"
+
+    assert _colour(Curve(), 1) == (plots.norm_colour("group"), "-")  # the probe's plots use the same colours
+    assert len({plots.norm_colour(n) for n in ("batch", "group", "layer", "none")}) == 4
