@@ -6,7 +6,8 @@ batch size is only found if some trial ran that cell at a good LR, and with a fe
 over twenty cells, most cells get one trial at a random LR, or none. So after the sampled trials
 the search climbs: from the fastest trial that is close to the best, it tries the next faster cell
 (the next larger batch size of the same normalization, then the other normalizations and
-precisions at the same batch size that the cell measurement found faster beyond timing noise), at
+precisions at the same batch size that the cell measurement found faster beyond timing noise, of
+the normalizations with a trial close to the best), at
 the same position in that cell's measured LR window, which carries the LR over by the scaling the
 range tests measured. A neighbour close to the best is a new step to climb from; one that is not,
 or that the pruner stops, ends that direction. The climb stops when its share of the budget is
@@ -106,8 +107,10 @@ def next_step(
         cmp = compare(a, b)
         return cmp is not None and cmp.faster
 
-    # The best metric each norm reached so far orders the other norms: the likeliest to hold first.
+    # The best metric each norm reached so far orders the other norms: the likeliest to hold first. A
+    # norm none of whose trials came close to the best has shown nothing to climb to, and is not tried.
     norm_best = {n: max(float(m) * sign for m in g["metric"]) for n, g in done.groupby("norm")}
+    close_norms = set(frontier["norm"].astype(str))
     ordered = sorted(frontier.iterrows(), key=lambda ir: (-speed(cell_key(ir[1])), -sign * float(ir[1]["metric"])))
     for _, anchor in ordered:
         value = _lr_value(anchor, lr_param)
@@ -116,7 +119,7 @@ def next_step(
         b, n, p = cell_key(anchor)
         larger = sorted(s for s in sizes if s > b)
         options = [((larger[0], n, p), f"the next batch size of {n} norm")] if larger else []
-        others = sorted((o for o in norms if o != n), key=lambda o: -norm_best.get(o, -math.inf))
+        others = sorted((o for o in norms if o != n and o in close_norms), key=lambda o: -norm_best.get(o, -math.inf))
         options += [((b, o, p), f"{o} norm at the same batch size") for o in others]
         options += [((b, n, q), f"{q} at the same batch size and norm") for q in precisions if q != p]
         for k, what in options:

@@ -393,7 +393,8 @@ def _budget_used(tally: Tally, plan: TrialPlan, result: Any) -> float | None:
         return None
     from batchtune.study.budget import spent_on_trials
 
-    return (spent_on_trials(tally.trials) + int(result.samples or 0)) / plan.trial_budget
+    # Of the trials' and the climb's budget together, so the share shown runs on through the climb.
+    return (spent_on_trials(tally.trials) + int(result.samples or 0)) / (plan.trial_budget + plan.climb_samples)
 
 
 def _budget_spent(tally: Tally, plan: TrialPlan) -> bool:

@@ -171,9 +171,8 @@ def _search(
             interrupted = _climb(study, cfg, setup, plan, on_event, say, on_update)
             if not interrupted and plan.climb_samples and plan.trial_budget is not None:
                 # What the climb left unspent goes back to the sampler (its trials count the climb's).
-                interrupted = _run_trials(study, cfg, setup,
-                                          replace(plan, trial_budget=plan.trial_budget + plan.climb_samples), on_event,
-                                          on_update)
+                rest = replace(plan, trial_budget=plan.trial_budget + plan.climb_samples, climb_samples=0)
+                interrupted = _run_trials(study, cfg, setup, rest, on_event, on_update)
         if spend is not None and not interrupted and runner is not None:
             _rerun_and_account(study, cfg, setup, plan, runner, spend, warnings, say)
     finally:
@@ -428,8 +427,8 @@ def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
                             skip_if_exists=False)
         # One trial (the queued one); the budget shown is the trials' and the climb's together.
         budget = None if plan.trial_budget is None else plan.trial_budget + plan.climb_samples
-        if _run_trials(study, replace(cfg, trials=counted + 1), setup, replace(plan, trial_budget=budget), on_event,
-                       on_update):
+        if _run_trials(study, replace(cfg, trials=counted + 1), setup,
+                       replace(plan, trial_budget=budget, climb_samples=0), on_event, on_update):
             return True
         if sum(counts(t) for t in study.get_trials(deepcopy=False)) <= counted:
             return False  # the queued trial did not run (the time limit or the budget): the climb ends here

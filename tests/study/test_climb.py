@@ -44,34 +44,46 @@ def test_from_the_best_the_next_batch_size_of_its_norm_at_the_same_lr_position()
 
 
 def test_a_neighbour_close_to_the_best_is_climbed_from_and_one_that_is_not_ends_the_direction():
-    base = [(0, "ok", True, 16, 0.01, 0.4, "batch", "fp32", 0.98)]
+    base = [(0, "ok", True, 16, 0.01, 0.4, "batch", "fp32", 0.98),
+            (1, "ok", True, 16, 0.03, 0.9, "none", "fp32", 0.965)]  # "none" came close once, at another LR
     # Batch 32 held (0.975 is within 0.02): the climb goes on from it, the fastest close trial.
-    held = frame(base + [(1, "ok", True, 32, 0.02, 0.4, "batch", "fp32", 0.975)])
+    held = frame(base + [(2, "ok", True, 32, 0.02, 0.4, "batch", "fp32", 0.975)])
     assert step(held).params == {"batch_size": 64, "lr_position": 0.4, "norm": "batch"}
-    # It did not (0.90): batch 32 is tried, so the next direction from trial 0 is another norm at batch 16,
-    # "none" (faster than "batch"); "group" is slower and never tried.
-    lost = frame(base + [(1, "ok", True, 32, 0.02, 0.4, "batch", "fp32", 0.90)])
-    assert step(lost).params == {"batch_size": 16, "lr_position": 0.4, "norm": "none"}
-    # A pruned neighbour counts as tried, too.
-    pruned = frame(base + [(1, "pruned", True, 32, 0.02, 0.4, "batch", "fp32", None)])
-    assert step(pruned).params["norm"] == "none"
+    # It did not (0.90): from trial 1 (the fastest close trial), batch 32 of "none" at its own position.
+    lost = frame(base + [(2, "ok", True, 32, 0.02, 0.4, "batch", "fp32", 0.90)])
+    assert step(lost).params == {"batch_size": 32, "lr_position": 0.9, "norm": "none"}
+    # That lost too: back at trial 0, "none" at batch 16 at trial 0's position ("group" is slower).
+    both = frame(base + [(2, "ok", True, 32, 0.02, 0.4, "batch", "fp32", 0.90),
+                         (3, "pruned", True, 32, 0.05, 0.9, "none", "fp32", None)])
+    assert step(both).params == {"batch_size": 16, "lr_position": 0.4, "norm": "none"}
+
+
+def test_a_norm_with_no_trial_close_to_the_best_is_not_climbed_to():
+    trials = frame([(0, "ok", True, 16, 0.01, 0.4, "batch", "fp32", 0.98),
+                    (1, "ok", True, 16, 0.03, 0.9, "none", "fp32", 0.90),
+                    (2, "ok", True, 32, 0.02, 0.4, "batch", "fp32", 0.90)])
+    # Batch 32 lost, and "none" (faster) never came within 0.02 of the best: nothing left to try.
+    assert step(trials) is None
 
 
 def test_stops_when_no_faster_untried_neighbour_is_left():
     trials = frame([(0, "ok", True, 64, 0.01, 0.4, "batch", "fp32", 0.98),
-                    (1, "ok", True, 64, 0.01, 0.4, "none", "fp32", 0.90)])
-    # 128/batch is slower per sample than 64/batch, 64/group is slower, 64/none was tried at this position.
+                    (1, "ok", True, 64, 0.01, 0.4, "none", "fp32", 0.97)])
+    # From trial 1 (64/none, the fastest): 128/none is slower per sample. From trial 0: 128/batch is slower,
+    # 64/group slower, 64/none tried at this position.
     assert step(trials) is None
     # Another LR position in a tried cell is a new configuration.
     moved = frame([(0, "ok", True, 64, 0.01, 0.4, "batch", "fp32", 0.98),
-                   (1, "ok", True, 64, 0.01, 0.7, "none", "fp32", 0.90)])
+                   (1, "ok", True, 64, 0.01, 0.7, "none", "fp32", 0.97)])
     assert step(moved).params == {"batch_size": 64, "lr_position": 0.4, "norm": "none"}
 
 
 def test_cells_that_do_not_fit_are_skipped_and_nothing_to_climb_without_a_finished_trial():
-    trials = frame([(0, "ok", True, 16, 0.01, 0.4, "batch", "fp32", 0.98)])
-    assert step(trials, unfit=frozenset({"32/batch/fp32"})).params == {"batch_size": 16, "lr_position": 0.4,
-                                                                        "norm": "none"}
+    trials = frame([(0, "ok", True, 16, 0.01, 0.4, "batch", "fp32", 0.98),
+                    (1, "ok", True, 16, 0.01, 0.8, "none", "fp32", 0.97)])
+    # 32/none does not fit, so from trial 1 nothing; from trial 0, 32/batch.
+    assert step(trials, unfit=frozenset({"32/none/fp32"})).params == {"batch_size": 32, "lr_position": 0.4,
+                                                                       "norm": "batch"}
     assert step(frame([(0, "pruned", True, 16, 0.01, 0.4, "batch", "fp32", None)])) is None
 
 
