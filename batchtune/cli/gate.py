@@ -134,6 +134,7 @@ def bench_command(task: str, save_path: str | None, compare_path: str | None, ag
     from batchtune.gate.render import render_run
 
     interleaved = against_task is not None or bool(against_env)
+    wanted = _Wanted(until_decided)
     if interleaved and compare_path:
         raise click.UsageError("give either --compare FILE or --against-task/--against-env, not both")
     if until_decided and not (interleaved or compare_path):
@@ -172,7 +173,7 @@ def bench_command(task: str, save_path: str | None, compare_path: str | None, ag
         thresholds = _thresholds(max_slowdown, max_memory_increase, max_metric_drop, quantile)
 
         def more_pair(base: Any, cur: Any) -> int:
-            return _more(decide(base, cur, thresholds, allow_mismatch=True, ignore=("task_sha256",)))
+            return wanted.ask(decide(base, cur, thresholds, allow_mismatch=True, ignore=("task_sha256",)))
 
         base_run, current = run_interleaved(config, other, on_repeat=on_side, more=more_pair if until_decided else None,
                                             time_limit=max_time if until_decided else None)
@@ -181,6 +182,7 @@ def bench_command(task: str, save_path: str | None, compare_path: str | None, ag
             click.echo(f"wrote {save_path}", err=True)
         decision = decide(base_run, current, thresholds, allow_mismatch=allow_mismatch, ignore=("task_sha256",),
                           baseline_name=f"{against_task or task} (interleaved)", current_name=task)
+        wanted.report(decision, max_time)
         _emit_decision(decision, as_json)
 
     if baseline is not None:
@@ -196,7 +198,7 @@ def bench_command(task: str, save_path: str | None, compare_path: str | None, ag
 
     def more_one(run: Any) -> int:
         assert baseline is not None  # --until-decided was refused above without a comparison
-        return _more(decide(baseline, run, thresholds, allow_mismatch=True))
+        return wanted.ask(decide(baseline, run, thresholds, allow_mismatch=True))
 
     current = run_bench(config, on_repeat=on_repeat, more=more_one if until_decided else None,
                         time_limit=max_time if until_decided else None)
@@ -208,15 +210,29 @@ def bench_command(task: str, save_path: str | None, compare_path: str | None, ag
         return
     decision = decide(baseline, current, thresholds, allow_mismatch=allow_mismatch,
                       baseline_name=str(compare_path), current_name=task)
+    wanted.report(decision, max_time)
     _emit_decision(decision, as_json)
 
 
-def _more(decision: Any) -> int:
-    """Further repeats for --until-decided, said on stderr."""
-    more = int(decision.more_repeats)
-    if more:
-        click.echo(f"inconclusive so far ({decision.rows[0].change}): measuring {more} more repeats", err=True)
-    return more
+class _Wanted:
+    """--until-decided's exchange with the measurement: the repeats each interim decision asks for."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+        self.last = 0
+
+    def ask(self, decision: Any) -> int:
+        self.last = int(decision.more_repeats)
+        if self.last:
+            click.echo(f"inconclusive so far ({decision.rows[0].change}): about {self.last} more repeats would "
+                       "likely decide; measuring those that fit in --max-time", err=True)
+        return self.last
+
+    def report(self, decision: Any, max_time: float) -> None:
+        if self.active and decision.status == "inconclusive":
+            why = (f"--max-time {max_time:g} s left no room for the {self.last} more repeats it wanted" if self.last
+                   else "more repeats of this run cannot decide (see the notes)")
+            click.echo(f"--until-decided stopped undecided: {why}", err=True)
 
 
 @click.command("compare")
