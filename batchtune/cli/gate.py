@@ -114,8 +114,8 @@ def bench_command(task: str, save_path: str | None, compare_path: str | None, ag
 
     With --compare FILE the baseline is a saved run. With --against-task or --against-env the
     baseline version is measured now, its repeats interleaved with TASK's, so both see the same
-    noise from the rest of the machine. Speed is decided on synchronised wall time per step,
-    calibrated by a reference workload run before every step.
+    noise from the rest of the machine. Speed is decided on synchronised wall time per step, less
+    the time other programs held the core, calibrated by a reference workload run before every step.
 
     \b
     Exit codes:

@@ -171,3 +171,11 @@ def test_until_decided_stops_at_the_time_limit_and_the_repeat_bound():
     assert _allowed(10, 5, 2.0, now - 100, 60.0) == 0  # out of time
     assert _allowed(10, 995, 1.0, now, None) == 5  # at most 1000 repeats
     assert _allowed(0, 5, 1.0, now, None) == 0
+
+
+def test_help_documents_every_exit_code(cli):
+    text = cli("bench", "--help").output
+    for line in ("0  pass", "1  regression", "2  usage", "3  the baseline is not comparable", "4  inconclusive"):
+        assert line in text
+    assert "--until-decided" in text and "--max-time" in text
+    assert "4 inconclusive" in cli("compare", "--help").output
