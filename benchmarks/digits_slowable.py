@@ -1,7 +1,9 @@
-"""examples/digits_cnn.py with a knob that slows training down, for benchmarks/bench_gate.py.
+"""examples/digits_cnn.py with knobs that slow training down, for benchmarks/bench_gate.py.
 
-BATCHTUNE_TEST_SLOWDOWN=0.15 makes every training step take about 15% more CPU time (see
-tests/tasks/slowable_mlp.py, whose Slowed wrapper this reuses); the file itself never changes.
+BATCHTUNE_TEST_SLOWDOWN=0.15 with BATCHTUNE_TEST_SLOWDOWN_KIND=compute|stall|data|memory injects a
+15% slowdown of that kind (see tests/tasks/slowable_mlp.py, whose Slowed wrapper and collate this
+reuses); the file itself never changes. Batches go through ``collate`` (a DataLoader) for every kind,
+so the data path the ``data`` kind stalls is the same with the knob off.
 """
 
 import importlib.util
@@ -22,6 +24,7 @@ _slow = _load("_bench_slowable", _ROOT / "tests" / "tasks" / "slowable_mlp.py")
 
 train_dataset = _digits.train_dataset
 val_dataset = _digits.val_dataset
+collate_fn = _slow.collate
 
 
 def build_model(norm="batch"):

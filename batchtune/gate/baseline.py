@@ -1,10 +1,12 @@
-"""The result of one ``batchtune bench`` measurement, and its JSON file (schema 2).
+"""The result of one ``batchtune bench`` measurement, and its JSON file (schema 3).
 
 A baseline file is plain JSON, never pickle: it is read back on another machine and another
 version, so it must not execute anything. It carries a format name and a schema number; a file
 that is not JSON, not a batchtune bench file, or of an unknown schema is refused with one line.
-Schema 2 added the calibration samples (the reference workload timed before every step); a schema 1
-file has none, so it cannot be compared with a calibrated run and is refused with the fix: save it again.
+Schema 2 added the calibration samples (the reference workload timed before every step); schema 3
+decides on synchronised wall time and keeps the CPU time of every step and reference run beside it.
+Older files are refused with the fix (save the baseline again): a schema 1 file has no calibration,
+and a schema 2 file timed steps by CPU time, which a wall-time decision cannot be compared with.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from batchtune.files import write_json
 from batchtune.trial.timing import Stats, summarize
 
 FORMAT = "batchtune-bench"
-SCHEMA = 2
+SCHEMA = 3
 
 # What was measured: two runs with different values here measure different things.
 CONFIG_FIELDS = ("batch_size", "lr", "norm", "precision", "device", "clock", "epochs", "seed", "calibration")
@@ -60,9 +62,10 @@ class BenchRun:
     """One measurement of a fixed training configuration: raw samples plus summaries.
 
     ``samples[r]`` holds the seconds per training step of repeat ``r`` by the decision clock
-    (``config["clock"]``: process CPU time or synchronised wall time); ``wall_samples`` the wall
-    time of the same steps. ``calibration[r][i]`` is the time of batchtune's reference workload
-    run just before step ``i`` of repeat ``r``, by the same clock (None when the run was not
+    (``config["clock"]``: synchronised wall time by default, process CPU time on request);
+    ``wall_samples`` and ``cpu_samples`` the wall and CPU time of the same steps. ``calibration[r][i]``
+    is the time of batchtune's reference workload run just before step ``i`` of repeat ``r``, by the
+    decision clock, and ``cpu_calibration`` the same runs' CPU time (both None when the run was not
     calibrated: on accelerators). The raw samples are kept so a later comparison can test significance.
     """
 
@@ -76,6 +79,8 @@ class BenchRun:
     peak_memory_bytes: list[int]
     memory_kind: str
     calibration: list[list[float]] | None = None
+    cpu_samples: list[list[float]] | None = None
+    cpu_calibration: list[list[float]] | None = None
     flops_per_sample: float | None = None
     metric: float | None = None
     metric_mode: str = "max"
@@ -111,9 +116,10 @@ class BenchRun:
 
     @property
     def cpu_share(self) -> float:
-        """Fraction of one core the timed steps got: CPU time / wall time (1.0 on an idle core, one thread)."""
+        """CPU time / wall time of the timed steps (1.0 on an idle core with one thread and no waiting)."""
         wall = sum(t for rep in self.wall_samples for t in rep)
-        cpu = sum(t for rep in self.samples for t in rep) if self.config.get("clock") == "cpu" else wall
+        cpu_reps = self.cpu_samples if self.cpu_samples is not None else self.samples if self.config.get("clock") == "cpu" else None
+        cpu = sum(t for rep in cpu_reps for t in rep) if cpu_reps is not None else wall
         return cpu / wall if wall > 0 else 1.0
 
     @property
@@ -167,10 +173,11 @@ def from_dict(data: Any, *, where: str = "baseline", fix: str = "save it again w
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BaselineError(f"{where}: not a batchtune bench file (no \"format\": \"{FORMAT}\"); {fix}")
     schema = data.get("schema")
-    if schema == 1:
+    if schema in (1, 2):
+        why = {1: "has no machine-speed calibration", 2: "timed steps by CPU time, which cannot see waiting"}[schema]
         raise BaselineError(
-            f"{where}: baseline schema 1 has no machine-speed calibration, which this batchtune compares "
-            f"(schema {SCHEMA}); re-save the baseline: {fix.removeprefix('save it again with ')}"
+            f"{where}: baseline schema {schema} {why}; this batchtune decides on wall time (schema {SCHEMA}): "
+            f"re-save the baseline: {fix.removeprefix('save it again with ')}"
         )
     if schema != SCHEMA:
         newer = isinstance(schema, int) and schema > SCHEMA
@@ -213,6 +220,10 @@ def _check(run: BenchRun) -> None:
             raise ValueError(f"{name} must be a non-empty list of non-empty lists of positive seconds")
     if len(run.samples) != len(run.wall_samples) or len(run.samples) != len(run.peak_memory_bytes):
         raise ValueError("samples, wall_samples and peak_memory_bytes must have one entry per repeat")
+    for name in ("cpu_samples", "cpu_calibration"):
+        reps = getattr(run, name)
+        if reps is not None and (not _nested_positive(reps) or [len(r) for r in reps] != [len(r) for r in run.samples]):
+            raise ValueError(f"{name} must be null or one list of positive seconds per repeat, one per step sample")
     if run.calibration is not None:
         if not _nested_positive(run.calibration):
             raise ValueError("calibration must be null or a non-empty list of non-empty lists of positive seconds")

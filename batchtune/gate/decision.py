@@ -1,6 +1,12 @@
 """The CI gate's decision: baseline vs current, per figure, with an exit code (rendering: ``render``).
 
-Speed: a slowdown fails only when it is beyond ``max_slowdown`` *and* statistically significant.
+Speed has three verdicts (with T = 1 + ``max_slowdown`` and the ratio r = current / baseline):
+regression when r > T and the whole confidence interval is above 1; pass when the interval's upper
+end is at most T (a slowdown beyond the threshold is ruled out); inconclusive otherwise: the
+interval holds both "no change" and "beyond the threshold", so the machine was too noisy to decide,
+and the decision estimates how many more repeats would (the interval's width shrinks as one over
+the square root of the repeats). "Stale" is the mirror image of a regression: r < 1/T and the whole
+interval below 1. The figure is synchronised wall time by default (``batchtune.gate.measure``).
 On a CPU the figure is the median of the *normalised* step times: each step's time divided by the
 time of batchtune's fixed reference workload run just before it (``batchtune.gate.measure``). A shared
 machine's speed drifts by +-20% within minutes, which no statistic of raw step times can tell from
@@ -20,6 +26,9 @@ draws the same repeats on both sides (paired) and the noise they shared cancels 
 Memory is deterministic enough to compare directly with its own threshold. The metric comes from
 one seeded training run and is compared directly too. A change beyond a threshold in the good
 direction is reported as "baseline stale: refresh it" and does not fail.
+
+Exit codes: 0 pass (also stale), 1 regression, 2 usage error (the CLI's), 3 not comparable,
+4 inconclusive (no regression, but the speed could not be decided).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import numpy as np
 from batchtune.gate.baseline import (
     CONFIG_FIELDS,
     FINGERPRINT_FIELDS,
+    INT_BOUNDS,
     NOTED_FIELDS,
     BenchRun,
 )
@@ -45,13 +55,19 @@ EXIT_PASS = 0
 EXIT_REGRESSION = 1
 EXIT_USAGE = 2
 EXIT_MISMATCH = 3
+EXIT_INCONCLUSIVE = 4
 
 # Verdicts of one figure.
 PASS = "pass"
 REGRESSION = "REGRESSION"
 STALE = "stale"
-NOISE = "noise"  # beyond the threshold but not significant
+INCONCLUSIVE = "inconclusive"  # the interval holds both no change and a change beyond the threshold
 INFO = "info"
+
+# --until-decided asks for this many times the repeats the estimate needs: at exactly the estimate
+# the interval would reach the margin only about half the time.
+MORE_MARGIN = 1.25
+MAX_REPEATS = INT_BOUNDS["repeat"][1]
 
 # Reference workload medians further apart than this factor get a note: the calibration cancels
 # most of a machine-speed change this large, not all of it (docs/bench.md, Benchmark).
@@ -76,18 +92,73 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class SpeedChange:
-    """Ratio of the step-time figure (current / baseline) with its bootstrap confidence interval."""
+    """Ratio of the step-time figure (current / baseline) with its bootstrap confidence interval.
+
+    ``more_repeats``: for an inconclusive verdict, about how many more repeats (of the current run;
+    of both sides when paired) would likely decide; None when decided, or when more repeats of the
+    current run cannot decide (``baseline_limited``: the baseline's own spread is too wide).
+    """
 
     ratio: float
     low: float
     high: float
     confidence: float
     verdict: str
+    more_repeats: int | None = None
+    baseline_limited: bool = False
 
     @property
     def slowdown(self) -> float:
         """How much longer a step takes now: +0.15 is 15% slower, -0.10 is 10% faster."""
         return self.ratio - 1.0
+
+
+def speed_verdict(ratio: float, low: float, high: float, *, max_slowdown: float) -> str:
+    """The three-verdict rule (plus stale, a pass) on a ratio and its confidence interval.
+
+    Regression: ratio > T = 1 + max_slowdown and low > 1 (significant, and beyond the threshold).
+    Stale: the mirror image, ratio < 1/T and high < 1. Pass: high <= T (a slowdown beyond the
+    threshold is ruled out). Inconclusive: anything else, where the interval holds both no change
+    and a change beyond the threshold.
+    """
+    limit = 1.0 + max_slowdown
+    if ratio > limit and low > 1.0:
+        return REGRESSION
+    if ratio < 1.0 / limit and high < 1.0:
+        return STALE
+    if high <= limit:
+        return PASS
+    return INCONCLUSIVE
+
+
+def repeats_to_decide(
+    ratio: float, low: float, high: float, *, max_slowdown: float, repeats: int, current_share: float = 1.0
+) -> int | None:
+    """About how many more repeats would likely turn an inconclusive verdict into a decision.
+
+    The decision in reach is the one the ratio points to: regression when ratio > T (the lower end
+    must rise above 1), pass otherwise (the upper end must fall to T). A half-width h shrinks as
+    1/sqrt(repeats); ``current_share`` is the part of the interval's variance that more repeats of
+    the current run reduce (1.0 when both sides grow, as in an interleaved comparison): the half-width
+    after m repeats is h * sqrt(1 - s + s * n / m). None when more repeats cannot reach the margin
+    (the baseline's share alone is too wide, or the ratio sits on the threshold).
+    """
+    limit = math.log1p(max_slowdown)
+    lr = math.log(ratio)
+    if lr > limit:
+        margin, half = lr, lr - math.log(low)
+    else:
+        margin, half = limit - lr, math.log(high) - lr
+    if margin <= 1e-9 or half <= 0:
+        return None
+    s = min(max(current_share, 0.0), 1.0)
+    room = (margin / half) ** 2 - (1.0 - s)
+    if room <= 0 or s == 0:
+        return None
+    needed = MORE_MARGIN * s * repeats / room
+    if needed > MAX_REPEATS:
+        return None  # beyond what batchtune measures: the estimate sits too close to the threshold
+    return max(1, math.ceil(needed - repeats))
 
 
 def speed_change(
@@ -107,11 +178,8 @@ def speed_change(
 
     With ``*_calibration`` (the reference workload's seconds before each step, same shape) every
     step time is divided by its reference time first. The figure is the ``quantile`` of the pooled
-    (normalised) step times of a side; the interval comes from resampling whole repeats.
-    Regression: the ratio of the figures is above ``1 + max_slowdown`` and the whole confidence
-    interval is above 1. Stale: the ratio is below ``1 / (1 + max_slowdown)`` (throughput up by
-    more than the threshold) and the whole interval is below 1. Beyond a threshold but not
-    significant: noise.
+    (normalised) step times of a side; the interval comes from resampling whole repeats, and the
+    verdict from :func:`speed_verdict`.
 
     ``paired``: repeat ``r`` of both sides ran back to back (``bench --against-env``), so the same
     repeats are drawn for both sides and noise they shared cancels in the ratio.
@@ -126,17 +194,31 @@ def speed_change(
     rng = np.random.default_rng(seed)
     chosen_base = rng.integers(0, len(base), size=(resamples, len(base)))
     chosen_cur = chosen_base if paired else rng.integers(0, len(cur), size=(resamples, len(cur)))
-    boot = _bootstrap_quantiles(cur, chosen_cur, quantile) - _bootstrap_quantiles(base, chosen_base, quantile)
+    boot_cur = _bootstrap_quantiles(cur, chosen_cur, quantile)
+    boot_base = _bootstrap_quantiles(base, chosen_base, quantile)
+    boot = boot_cur - boot_base
     alpha = 1.0 - confidence
     low, high = (math.exp(float(v)) for v in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
     ratio = math.exp(log_ratio)
-    if ratio > 1.0 + max_slowdown:
-        verdict = REGRESSION if low > 1.0 else NOISE
-    elif ratio < 1.0 / (1.0 + max_slowdown):
-        verdict = STALE if high < 1.0 else NOISE
-    else:
-        verdict = PASS
-    return SpeedChange(ratio=ratio, low=low, high=high, confidence=confidence, verdict=verdict)
+    verdict = speed_verdict(ratio, low, high, max_slowdown=max_slowdown)
+    more: int | None = None
+    limited = False
+    if verdict == INCONCLUSIVE:
+        # Unpaired, the two sides' bootstrap draws are independent, so the variance splits into
+        # theirs; more repeats of the current run shrink only its part.
+        v_cur, v_base = float(np.var(boot_cur)), float(np.var(boot_base))
+        share = 1.0 if paired or v_cur + v_base == 0 else v_cur / (v_cur + v_base)
+        more = repeats_to_decide(ratio, low, high, max_slowdown=max_slowdown, repeats=len(cur), current_share=share)
+        limited = more is None and share < 1.0
+    return SpeedChange(ratio=ratio, low=low, high=high, confidence=confidence, verdict=verdict,
+                       more_repeats=more, baseline_limited=limited)
+
+
+def log_figure(
+    samples: Sequence[Sequence[float]], calibration: Sequence[Sequence[float]] | None, quantile: float = 0.5
+) -> float:
+    """The ``quantile`` of log(step time [/ reference]) pooled over repeats: a side's speed figure."""
+    return _pooled_quantile(_log_times(samples, calibration, "run"), quantile)
 
 
 def _log_times(
@@ -225,7 +307,7 @@ class Row:
     change: str
     threshold: str
     verdict: str  # for people: "pass", "REGRESSION", "stale: faster, refresh the baseline", ...
-    decision: str = INFO  # for the exit code: PASS, REGRESSION, STALE, NOISE or INFO
+    decision: str = INFO  # for the exit code: PASS, REGRESSION, STALE, INCONCLUSIVE or INFO
     values: dict[str, Any] = field(default_factory=dict)  # the numbers behind the text, for --json
 
 
@@ -242,17 +324,34 @@ class Decision:
 
     @property
     def exit_code(self) -> int:
+        """3 not comparable, 1 any regression, 4 inconclusive (and no regression), else 0."""
         if self.refused:
             return EXIT_MISMATCH
-        return EXIT_REGRESSION if any(r.decision == REGRESSION for r in self.rows) else EXIT_PASS
+        if any(r.decision == REGRESSION for r in self.rows):
+            return EXIT_REGRESSION
+        if any(r.decision == INCONCLUSIVE for r in self.rows):
+            return EXIT_INCONCLUSIVE
+        return EXIT_PASS
 
     @property
     def status(self) -> str:
         if self.refused:
             return "mismatch"
-        if self.exit_code == EXIT_REGRESSION:
+        code = self.exit_code
+        if code == EXIT_REGRESSION:
             return "regression"
+        if code == EXIT_INCONCLUSIVE:
+            return "inconclusive"
         return "stale" if any(r.decision == STALE for r in self.rows) else "pass"
+
+    @property
+    def more_repeats(self) -> int:
+        """Further repeats ``--until-decided`` should measure: the speed row's estimate while the
+        decision is inconclusive, 0 when decided or when more repeats of this run cannot decide."""
+        if self.status != "inconclusive":
+            return 0
+        more = next((r.values.get("more_repeats") for r in self.rows if r.decision == INCONCLUSIVE), None)
+        return int(more) if more else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -338,17 +437,19 @@ def decide(
                 f"{ref_c * 1e3:.2f} ms now); calibration removes most of such a change, not all: a speed change "
                 "near the threshold is worth confirming with --against-env"
             )
-    rows = [_speed_row(baseline, current, th), _wall_row(baseline, current), _memory_row(baseline, current, th)]
+    rows = [_speed_row(baseline, current, th)]
+    cpu_row = _cpu_row(baseline, current, th)
+    rows += [cpu_row] if cpu_row is not None else [_wall_row(baseline, current)]
+    rows.append(_memory_row(baseline, current, th))
     if baseline.flops_per_sample is not None or current.flops_per_sample is not None:
         rows.append(_flops_row(baseline, current))
     if baseline.metric is not None or current.metric is not None:
         rows.append(_metric_row(baseline, current, th))
     speed = rows[0]
-    if speed.decision == NOISE:
-        notes.append(
-            "the speed change is beyond the threshold but its confidence interval includes no change: "
-            "treated as noise (raise --repeat for a sharper test)"
-        )
+    if speed.decision == INCONCLUSIVE:
+        notes.append(_inconclusive_note(speed.values, len(current.samples)))
+    if cpu_row is not None and (waiting := _waiting_note(speed.values, cpu_row.values, th)):
+        notes.append(waiting)
     if any(r.decision == STALE for r in rows):
         notes.append("an improvement beyond the threshold: the baseline is stale, refresh it (save a new one)")
     return Decision(
@@ -376,7 +477,8 @@ def _speed_row(baseline: BenchRun, current: BenchRun, th: Thresholds) -> Row:
     )
     b, c = baseline.throughput, current.throughput
     stat = ("median" if th.quantile == 0.5 else f"p{th.quantile * 100:g}") + " step time" + (" / reference" if calibrated else "")
-    verdict = {STALE: "stale: faster, refresh the baseline", NOISE: "pass (not significant)"}.get(sc.verdict, sc.verdict)
+    verdict = {STALE: "stale: faster, refresh the baseline", INCONCLUSIVE: "INCONCLUSIVE: too noisy to decide"}.get(
+        sc.verdict, sc.verdict)
     return Row(
         figure=f"throughput (samples/s, {clock_label(current)})",
         baseline=throughput_text(b.median, baseline.step_time.rel_iqr),
@@ -389,10 +491,69 @@ def _speed_row(baseline: BenchRun, current: BenchRun, th: Thresholds) -> Row:
         values={
             "baseline_throughput": b.median, "current_throughput": c.median, "step_time_ratio": sc.ratio,
             "ci_low": sc.low, "ci_high": sc.high, "confidence": sc.confidence, "max_slowdown": th.max_slowdown,
-            "quantile": th.quantile, "paired": paired, "calibrated": calibrated,
-            "decision": sc.verdict,
+            "quantile": th.quantile, "paired": paired, "calibrated": calibrated, "clock": current.config.get("clock"),
+            "decision": sc.verdict, "more_repeats": sc.more_repeats, "baseline_limited": sc.baseline_limited,
         },
     )
+
+
+def _cpu_row(baseline: BenchRun, current: BenchRun, th: Thresholds) -> Row | None:
+    """The CPU time of the same steps, for diagnosis, when the decision clock is wall time."""
+    if current.config.get("clock") != "wall" or baseline.cpu_samples is None or current.cpu_samples is None:
+        return None
+    calibrated = baseline.cpu_calibration is not None and current.cpu_calibration is not None
+    ratio = math.exp(
+        log_figure(current.cpu_samples, current.cpu_calibration if calibrated else None, th.quantile)
+        - log_figure(baseline.cpu_samples, baseline.cpu_calibration if calibrated else None, th.quantile)
+    )
+    b, c = (summarize([t for rep in run.cpu_samples or [] for t in rep]) for run in (baseline, current))
+    stat = ("median" if th.quantile == 0.5 else f"p{th.quantile * 100:g}") + " CPU step time" + (" / reference" if calibrated else "")
+    return Row(
+        figure="throughput (samples/s, CPU time)",
+        baseline=throughput_text(baseline.batch_size / b.median, b.rel_iqr),
+        current=throughput_text(current.batch_size / c.median, c.rel_iqr),
+        change=f"{stat} {ratio - 1:+.1%}",
+        threshold="- (diagnostic)",
+        verdict=INFO,
+        values={"baseline": baseline.batch_size / b.median, "current": current.batch_size / c.median,
+                "step_time_ratio": ratio, "calibrated": calibrated},
+    )
+
+
+def _waiting_note(speed: dict[str, Any], cpu: dict[str, Any], th: Thresholds) -> str | None:
+    """Say when wall time and CPU time moved apart by more than the threshold and the wall interval.
+
+    Wall time = CPU time + waiting (with one thread), so a wall-time change CPU time does not share
+    is waiting that appeared or vanished.
+    """
+    wall, cpu_ratio = speed["step_time_ratio"], cpu["step_time_ratio"]
+    gap = math.log(wall) - math.log(cpu_ratio)
+    half = max(math.log(speed["ci_high"]) - math.log(wall), math.log(wall) - math.log(speed["ci_low"]))
+    if abs(gap) <= max(math.log1p(th.max_slowdown), half):
+        return None
+    figures = f"wall time {wall - 1:+.1%}, CPU time {cpu_ratio - 1:+.1%}"
+    if gap > 0:
+        return (f"the steps now spend more time waiting ({figures}): a sleep, a lock, a device synchronisation "
+                "or a data loader that starves the model costs wall time that CPU time cannot see")
+    return (f"the steps now spend less time waiting than in the baseline ({figures}): waiting vanished, "
+            "or the machine let the steps run more of the time")
+
+
+def _inconclusive_note(speed: dict[str, Any], repeats: int) -> str:
+    low, high = speed["ci_low"] - 1, speed["ci_high"] - 1
+    head = (f"inconclusive: the {speed['confidence']:.0%} interval of the speed change ({low:+.1%} .. {high:+.1%}) holds "
+            f"both no change and more than the +{speed['max_slowdown']:.1%} threshold, so the machine was too noisy "
+            "to decide (exit 4)")
+    more = speed.get("more_repeats")
+    if more:
+        sides = " on each side" if speed.get("paired") else ""
+        return (f"{head}; about {more} more repeats{sides} would likely decide: rerun with --repeat {repeats + more}, "
+                "or add --until-decided")
+    if speed.get("baseline_limited"):
+        return (f"{head}; the baseline's own spread is too wide for more repeats of this run to decide: re-save the "
+                "baseline with more --repeat on a quieter machine, or compare interleaved (--against-env)")
+    return (f"{head}; the change sits too close to the threshold for up to {MAX_REPEATS} repeats to decide: "
+            "more repeats narrow the interval, not the estimate")
 
 
 def _paired(baseline: BenchRun, current: BenchRun) -> bool:

@@ -47,6 +47,7 @@ def _headline(decision: Decision) -> str:
     return {
         "mismatch": "NOT COMPARABLE (exit 3)",
         "regression": "REGRESSION (exit 1)",
+        "inconclusive": "INCONCLUSIVE: too noisy to decide (exit 4)",
         "stale": "pass, baseline stale (exit 0)",
         "pass": "pass (exit 0)",
     }[decision.status]
@@ -62,9 +63,13 @@ def render_run(run: BenchRun) -> str:
     from tabulate import tabulate
 
     st, wall = run.step_time, run.wall_step_time
-    rows = [
-        ["throughput (samples/s, " + clock_label(run) + ")", throughput_text(run.throughput.median, st.rel_iqr)],
-        ["throughput (samples/s, wall time)", throughput_text(run.batch_size / wall.median, wall.rel_iqr)],
+    rows = [["throughput (samples/s, " + clock_label(run) + ")", throughput_text(run.throughput.median, st.rel_iqr)]]
+    if run.config.get("clock") != "wall":
+        rows.append(["throughput (samples/s, wall time)", throughput_text(run.batch_size / wall.median, wall.rel_iqr)])
+    elif run.cpu_samples is not None:
+        cpu = summarize([t for rep in run.cpu_samples for t in rep])
+        rows.append(["throughput (samples/s, CPU time)", throughput_text(run.batch_size / cpu.median, cpu.rel_iqr)])
+    rows += [
         ["step time median", f"{st.median * 1e3:.3f} ms over {st.n} samples in {len(run.samples)} repeats"],
     ]
     normalised = run.normalised_step_time

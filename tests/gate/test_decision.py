@@ -10,7 +10,7 @@ from batchtune.gate.decision import (
     EXIT_MISMATCH,
     EXIT_PASS,
     EXIT_REGRESSION,
-    NOISE,
+    INCONCLUSIVE,
     PASS,
     REGRESSION,
     STALE,
@@ -82,14 +82,14 @@ def test_noise_only_passes():
         assert change.low < 1.0 < change.high
 
 
-def test_change_beyond_threshold_but_within_repeat_spread_is_noise():
+def test_change_beyond_threshold_but_within_repeat_spread_is_inconclusive():
     # Each repeat is very steady inside, but repeats differ by up to 20%: the medians differ by
     # more than 5% only because of which repeats landed where. Pooled steps would look decisive.
     base = [[lv] * 40 for lv in (1.0, 0.9, 1.1, 0.95, 1.05, 1.0)]
     cur = [[lv] * 40 for lv in (1.2, 0.9, 1.15, 0.95, 1.1, 1.05)]
     change = speed_change(base, cur, max_slowdown=0.05)
     assert change.ratio > 1.05
-    assert change.verdict == NOISE and change.low <= 1.0
+    assert change.verdict == INCONCLUSIVE and change.low <= 1.0
 
 
 def test_large_improvement_is_stale_not_failure():
@@ -264,7 +264,7 @@ def test_interleaved_runs_are_compared_repeat_for_repeat():
     levels = 0.010 * (1 + 0.3 * rng.random(10))
     base = [list(lv * (1 + 0.01 * rng.random(40))) for lv in levels]
     cur = [list(1.10 * lv * (1 + 0.01 * rng.random(40))) for lv in levels]
-    assert speed_change(base, cur, max_slowdown=0.05, confidence=0.99).verdict == NOISE
+    assert speed_change(base, cur, max_slowdown=0.05, confidence=0.99).verdict == INCONCLUSIVE
     assert speed_change(base, cur, max_slowdown=0.05, confidence=0.99, paired=True).verdict == REGRESSION
     config = dict(CONFIG, interleave_id="abc123")
     decision = decide(run(base, config=config), run(cur, config=config))

@@ -43,14 +43,16 @@ def test_save_writes_versioned_json_with_raw_samples(saved):
     assert "| figure" in result.stdout and "FLOPs per sample" in result.stdout
     assert "reference workload (calibration)" in result.stdout
     data = json.loads(path.read_text())
-    assert data["format"] == "batchtune-bench" and data["schema"] == 2
+    assert data["format"] == "batchtune-bench" and data["schema"] == 3
     assert len(data["samples"]) == 4 and all(len(rep) == 12 for rep in data["samples"])
     assert all(t > 0 for rep in data["samples"] for t in rep)
     # One reference run timed before every step, by the same clock (the machine-speed calibration).
     assert [len(rep) for rep in data["calibration"]] == [12] * 4
     assert all(t > 0 for rep in data["calibration"] for t in rep)
     assert data["config"]["calibration"] and data["summary"]["calibration_median_s"] > 0
-    assert data["config"]["batch_size"] == 32 and data["config"]["clock"] == "cpu"
+    assert data["config"]["batch_size"] == 32 and data["config"]["clock"] == "wall"
+    # The CPU time of every step and reference run is kept beside the wall-time decision figure.
+    assert [len(rep) for rep in data["cpu_samples"]] == [12] * 4 == [len(rep) for rep in data["cpu_calibration"]]
     fp = data["fingerprint"]
     assert fp["threads"] == 1 and fp["precision"] == "fp32" and len(fp["task_sha256"]) == 64
     for key in ("device_name", "device_memory_bytes", "cpu", "torch", "cuda", "optuna", "batchtune"):
@@ -72,16 +74,20 @@ def test_compare_unchanged_passes_and_writes_step_summary(cli, tasks, saved, wor
     assert text.startswith("earlier step\n") and "| figure" in text and "pass (exit 0)" in text
 
 
-def test_compare_slowed_task_fails(cli, tasks, saved):
+@pytest.mark.parametrize("kind", ["compute", "stall"])
+def test_compare_slowed_task_fails(cli, tasks, saved, kind):
+    # stall: the step sleeps (a host stall), which costs no CPU time: issue 15's blind spot.
     path, _ = saved
     result = cli("bench", tasks / "slowable_mlp.py", "--compare", path, *WIDE, "--json",
-                 env={"BATCHTUNE_TEST_SLOWDOWN": "2.0"})
+                 env={"BATCHTUNE_TEST_SLOWDOWN": "2.0", "BATCHTUNE_TEST_SLOWDOWN_KIND": kind})
     assert result.exit_code == 1, result.output
     decision = json.loads(result.stdout)
     assert decision["status"] == "regression" and decision["exit_code"] == 1
     speed = decision["rows"][0]
     assert speed["decision"] == "REGRESSION" and speed["values"]["ci_low"] > 1.6
     assert speed["values"]["calibrated"] and "step time / reference" in speed["change"]
+    waiting = any("more time waiting" in note for note in decision["notes"])
+    assert waiting == (kind == "stall")
 
 
 def test_doctored_fingerprint_is_refused(cli, tasks, saved, workdir):
@@ -97,14 +103,14 @@ def test_doctored_fingerprint_is_refused(cli, tasks, saved, workdir):
     assert "repeat 1/" not in result.output  # refused before measuring anything
     # Comparing the files directly uses the same decision; --allow-mismatch compares anyway.
     assert cli("compare", path, doctored).exit_code == 3
-    allowed = cli("compare", path, doctored, "--allow-mismatch", "--json")
+    allowed = cli("compare", path, doctored, "--allow-mismatch", "--json", *WIDE)
     assert allowed.exit_code == 0, allowed.output
     assert any("torch differs" in note for note in json.loads(allowed.stdout)["notes"])
 
 
 def test_compare_files_without_measuring(cli, saved):
     path, _ = saved
-    result = cli("compare", path, path)
+    result = cli("compare", path, path, *WIDE)
     assert result.exit_code == 0, result.output
     assert "step time / reference +0.0%" in result.stdout
 
@@ -115,8 +121,9 @@ def test_compare_files_without_measuring(cli, saved):
         ("{not json", "not valid JSON"),
         ('{"some": "other tool"}', "not a batchtune bench file"),
         ('{"format": "batchtune-bench", "schema": 99}', "upgrade batchtune"),
-        ('{"format": "batchtune-bench", "schema": 2, "config": {}}', "malformed baseline"),
+        ('{"format": "batchtune-bench", "schema": 3, "config": {}}', "malformed baseline"),
         ('{"format": "batchtune-bench", "schema": 1, "config": {}}', "re-save the baseline"),
+        ('{"format": "batchtune-bench", "schema": 2, "config": {}}', "timed steps by CPU time"),
     ],
 )
 def test_corrupt_or_foreign_baseline_exits_2(cli, tasks, workdir, content, message):
@@ -131,6 +138,8 @@ def test_corrupt_or_foreign_baseline_exits_2(cli, tasks, workdir, content, messa
 def test_usage_and_task_errors_exit_2(cli, tasks, workdir):
     missing = cli("bench", tasks / "slowable_mlp.py")
     assert missing.exit_code == 2 and "--batch-size is required" in missing.output
+    alone = cli("bench", tasks / "slowable_mlp.py", "--batch-size", "8", "--until-decided")
+    assert alone.exit_code == 2 and "--until-decided needs a comparison" in alone.output
     no_task = cli("bench", workdir / "nope.py", "--batch-size", "8")
     assert no_task.exit_code == 2 and "no such task file" in no_task.output
     bad_threshold = cli("compare", "a.json", "b.json", "--max-slowdown", "lots")
