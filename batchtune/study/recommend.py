@@ -289,10 +289,10 @@ def recommend_measured(
     """The rule of the default search (README, "How batchtune recommends").
 
     1. Each candidate's metric is the mean over its fresh seeds (:mod:`batchtune.study.candidates`).
-    2. Those whose gap to the best mean is within the tolerance with 95% confidence (one-sided: the
-       gap plus 1.645 standard errors) are as good. The seed-to-seed spread is pooled over every
-       candidate (two seeds of one candidate can agree by chance; all of them together rarely do),
-       and the margin is at least a quarter of the tolerance.
+    2. Those within the tolerance of the best mean, by more than the standard error of the gap, are
+       as good. The seed-to-seed spread is pooled over every candidate (two seeds of one candidate
+       can agree by chance; all of them together rarely do), and the error is at least a quarter of
+       the tolerance.
     3. Of those, the fastest cell (calibrated, interleaved speed from :mod:`batchtune.study.cells`)
        wins, but only when it is faster beyond the timing noise (its interval of the speed ratio lies
        above 1 + the tie band); when the speeds can't be told apart, the better mean wins.
@@ -337,11 +337,6 @@ def recommend_measured(
     )
 
 
-# The gap's upper 95% bound (one-sided, normal): a trade to a faster candidate is made only when the
-# configurations are as good with that confidence.
-Z_ONE_SIDED_95 = 1.645
-
-
 def pooled_seed_sd(candidates: list[Any]) -> float | None:
     """The standard deviation of the metric between seeds, pooled over the candidates with two or more
     finished seeds (each contributes its squared deviations from its own mean); None without any."""
@@ -357,7 +352,7 @@ def pooled_seed_sd(candidates: list[Any]) -> float | None:
 
 
 def _as_good(c: Any, best: Any, tol: Tolerance, mode: str, sd: float | None = None) -> bool:
-    """Within the tolerance of the best mean even at the upper 95% bound of the gap."""
+    """Within the tolerance of the best mean even after the standard error of the gap is added to it."""
     if c is best:
         return True
     limit = tol.limit(best.mean)
@@ -366,7 +361,7 @@ def _as_good(c: Any, best: Any, tol: Tolerance, mode: str, sd: float | None = No
         error = sd * math.sqrt(1 / max(1, len(c.finished)) + 1 / max(1, len(best.finished)))
     else:
         error = math.hypot(c.spread or 0.0, best.spread or 0.0)
-    return gap + max(Z_ONE_SIDED_95 * error, limit / 4) <= limit + 1e-12
+    return gap + max(error, limit / 4) <= limit + 1e-12
 
 
 def _seeds_text(c: Any) -> str:
