@@ -274,7 +274,7 @@ def worker_loop(
             reap_stale_trials(study)
             reap_dead_local_trials(study)
             continue
-        trial = claim(study, cfg.total_trials, space, tally.trials)
+        trial = claim(study, cfg.total_trials, space, tally.trials, plan.start)
         if trial is None:
             continue
         spec, base_lr = trial_spec(trial.params, cfg, plan, runner.device, threads)
@@ -419,7 +419,8 @@ class Tally:
         self.waiting = sum(t.state == TrialState.WAITING for t in trials)
 
 
-def claim(study: Any, total: int, space: dict[str, Any], trials: list[Any]) -> Any | None:
+def claim(study: Any, total: int, space: dict[str, Any], trials: list[Any],
+          design: tuple[dict[str, Any], ...] = ()) -> Any | None:
     """A new trial (a :class:`~batchtune.study.ledger.LeanTrial`), or None when the study already has its ``total``.
 
     ``trials`` is the study as read just before. The trials that count or run are ranked by number,
@@ -432,7 +433,7 @@ def claim(study: Any, total: int, space: dict[str, Any], trials: list[Any]) -> A
 
     from batchtune.study.ledger import LeanTrial
 
-    trial = LeanTrial.claim(study, space, {"worker": owner()}, trials)
+    trial = LeanTrial.claim(study, space, {"worker": owner()}, trials, design)
     before = [t for t in trials if t.number < trial.number]
     if trial.number == len(trials) and sum(counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING) for t in before) < total:
         return trial

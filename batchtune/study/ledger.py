@@ -78,11 +78,14 @@ class LeanTrial:
         space: Mapping[str, BaseDistribution],
         user_attrs: dict[str, Any],
         trials: Sequence[FrozenTrial],
+        design: Sequence[dict[str, Any]] = (),
     ) -> LeanTrial:
         """A new RUNNING trial with parameters for ``space`` and ``user_attrs``.
 
         ``trials`` is the study as read just before. When it has WAITING trials, one of them is taken
-        instead, with its own parameters.
+        instead, with its own parameters. Otherwise the first point of ``design`` that no trial of the
+        study has yet is taken (user attribute ``origin: start``), and only then does the sampler draw:
+        two workers that take the same point at the same moment are told apart like two equal draws.
         """
         if any(t.state == TrialState.WAITING for t in trials):
             trial = study.ask()
@@ -97,10 +100,17 @@ class LeanTrial:
         # What Study.ask does: the sampler's per-thread view of the study is refreshed once a trial,
         # here with the trials just read (the sampler reads the running ones itself: constant liar).
         study._thread_local.cached_all_trials = list(trials)
-        template = _running(-1, user_attrs)
         expected = len(trials)  # the number this trial gets unless another worker creates one first
-        with _drawing(study.sampler, expected):
-            params = _sample(study, template, space)
+        taken = [t.params for t in trials]
+        point = next((dict(p) for p in design if dict(p) not in taken), None)
+        if point is not None:
+            user_attrs = {**user_attrs, "origin": "start"}
+        template = _running(-1, user_attrs)
+        if point is not None:
+            params = point
+        else:
+            with _drawing(study.sampler, expected):
+                params = _sample(study, template, space)
         template.params, template.distributions = params, {name: space[name] for name in params}
         trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
         frozen = _running(trial_id, user_attrs)
@@ -113,7 +123,8 @@ class LeanTrial:
             copy.set_user_attr("status", "duplicate")
             copy.set_user_attr("reason", f"another worker drew the same configuration as trial {expected}; drawn again")
             copy.tell(state=TrialState.FAIL)
-            return cls.claim(study, space, user_attrs, study.get_trials(deepcopy=False))
+            return cls.claim(study, space, {k: v for k, v in user_attrs.items() if k != "origin"},
+                             study.get_trials(deepcopy=False), design)
         return cls(study, frozen)
 
     def set_user_attr(self, key: str, value: Any) -> None:

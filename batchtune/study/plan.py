@@ -31,6 +31,7 @@ class TrialPlan:
     trial_budget: int | None = None  # samples the trials may train on in total (metric objective)
     trial_samples: int = 0  # training samples of one full-length trial
     climb_samples: int = 0  # samples kept for the climb to faster cells after the sampled trials (batchtune.study.climb)
+    start: tuple[dict[str, Any], ...] = ()  # the first trials' parameters, before the sampler draws (lr_range.start_design)
     unfit: dict[str, str] = field(default_factory=dict)  # "batch/norm/precision" -> why the cell is not searched
 
     @property

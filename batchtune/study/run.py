@@ -165,7 +165,7 @@ def _search(
                       "objective": plan.objective, "left_out": setup.left_out, "trial_budget": plan.trial_budget,
                       "trial_samples": plan.trial_samples, "doctor": doctor})
         if spend is not None:
-            _start_design(study, cfg, setup, plan)
+            plan = replace(plan, start=_start_design(cfg, setup, plan))
         interrupted = _run_trials(study, cfg, setup, plan, on_event, on_update)
         if spend is not None and not interrupted:
             interrupted = _climb(study, cfg, setup, plan, on_event, say, on_update)
@@ -378,19 +378,21 @@ def _tolerance(trials: Any, cfg: SearchConfig, mode: str) -> tuple[Any, float]:
     return tol, (tol.limit(best) if tol is not None else 0.0)
 
 
-def _start_design(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan) -> None:
-    """Phase 5a of the default search: a fresh study's first trials, one per norm at the LR the range test
-    suggests (:func:`batchtune.study.lr_range.start_design`), queued before the sampler's."""
+def _start_design(cfg: SearchConfig, setup: _Setup, plan: TrialPlan) -> tuple[dict[str, Any], ...]:
+    """Phase 5a of the default search: the first trials, one per norm at the LR the range test suggests
+    (:func:`batchtune.study.lr_range.start_design`); the workers take them before the sampler draws
+    (:meth:`batchtune.study.ledger.LeanTrial.claim`), each once however many workers share the study."""
     from batchtune.study.lr_range import start_design
 
-    if plan.lr_bounds is None or study.get_trials(deepcopy=False):
-        return
-    for params in start_design(plan.lr_bounds, plan.sizes, setup.norms)[: cfg.total_trials]:
+    if plan.lr_bounds is None:
+        return ()
+    points = []
+    for params in start_design(plan.lr_bounds, plan.sizes, setup.norms):
         if len(cfg.precisions) > 1:
             params["precision"] = cfg.precisions[0]
-        if f"{params['batch_size']}/{params['norm']}/{params.get('precision', cfg.precisions[0])}" in plan.unfit:
-            continue
-        study.enqueue_trial(params, user_attrs={"origin": "start"}, skip_if_exists=False)
+        if f"{params['batch_size']}/{params['norm']}/{params.get('precision', cfg.precisions[0])}" not in plan.unfit:
+            points.append(params)
+    return tuple(points)
 
 
 def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
@@ -427,7 +429,8 @@ def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
                             skip_if_exists=False)
         # One trial (the queued one); the budget shown is the trials' and the climb's together.
         budget = None if plan.trial_budget is None else plan.trial_budget + plan.climb_samples
-        if _run_trials(study, replace(cfg, trials=counted + 1), setup,
+        # One worker: two threads of this process asking for one queued trial race in Optuna's storage.
+        if _run_trials(study, replace(cfg, trials=counted + 1), replace(setup, workers=1),
                        replace(plan, trial_budget=budget, climb_samples=0), on_event, on_update):
             return True
         if sum(counts(t) for t in study.get_trials(deepcopy=False)) <= counted:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import pandas as pd
 
 from batchtune.study.cells import Cell, CellTable
@@ -118,7 +121,13 @@ def test_the_climb_phase_queues_one_neighbour_at_a_time_within_its_share(monkeyp
                      objective="metric", target=None, mode="max", lr_bounds=SimpleNamespace(), trial_budget=None,
                      trial_samples=full, climb_samples=2 * full)
     cfg = SearchConfig(task_path="task.py", trials=50, tolerance=Tolerance(0.01, "absolute"))
-    setup = SimpleNamespace(norms=("batch",), task=SimpleNamespace(metric_mode="max"))
+    @dataclass(frozen=True)
+    class Setup:  # the parts of run._Setup the phase reads
+        norms: tuple
+        task: Any
+        workers: int = 2
+
+    setup = Setup(norms=("batch",), task=SimpleNamespace(metric_mode="max"))
     study = optuna.create_study(direction="maximize")
     space = trial_space(cfg, plan, setup.norms)
     metric = {8: 0.95, 16: 0.948, 32: 0.90, 64: 0.96}  # batch 16 holds, batch 32 does not
@@ -138,6 +147,7 @@ def test_the_climb_phase_queues_one_neighbour_at_a_time_within_its_share(monkeyp
     ran = []
 
     def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None):
+        assert setup_.workers == 1  # one thread takes the one queued trial
         trial = study_.ask(space)
         ran.append(dict(trial.params))
         tell(trial, full)
