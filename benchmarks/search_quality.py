@@ -13,7 +13,7 @@ On 2 shared CPU cores, one thread: digits_mlp ~2 min, digits_cnn ~7 min, tiny_tr
 (measured 2026-11), each roughly twice 10% of its grid's time (search and baseline) plus the
 re-training and the timing rounds.
 
-    python benchmarks/search_quality.py [--examples digits_mlp] [--skip-tpe] [--skip-batchtune] [--timeout 3600]
+    python benchmarks/search_quality.py [--examples digits_mlp] [--skip-tpe] [--skip-batchtune] [--timeout 3600] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -115,8 +116,12 @@ def measure_throughput(task: Task, cells: list[tuple[int, str]], lr: float, trai
     return {c: summarize(v) for c, v in samples.items()}
 
 
-def run_search(example: str, epochs: float, budget: int, timeout: float) -> tuple[dict[str, Any] | None, str]:
-    """Run the CLI in a scratch folder; the summary.json recommendation, or None and the reason."""
+def run_search(example: str, epochs: float, budget: int, timeout: float,
+               keep: Path | None = None) -> tuple[dict[str, Any] | None, str]:
+    """Run the CLI in a scratch folder; the summary.json recommendation, or None and the reason.
+
+    With ``keep``, the study's report folder and storage are copied there (to read its trials afterwards).
+    """
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
     study = f"sq_{example}_{stamp}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,6 +135,11 @@ def run_search(example: str, epochs: float, budget: int, timeout: float) -> tupl
             proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return None, f"search timed out after {timeout:g} s"
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(Path(tmp) / "reports", keep / "reports", dirs_exist_ok=True)
+            shutil.copy2(Path(tmp) / "s.db", keep / f"{study}.db")
+            (keep / f"{study}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             lines = [x for x in proc.stderr.splitlines() if x.strip()] or ["(no stderr)"]
             return None, f"search exited {proc.returncode}: {lines[-1].strip()[:200]}"
@@ -186,7 +196,7 @@ def judge(example: str, args: argparse.Namespace) -> dict[str, Any] | None:
     if args.skip_batchtune:
         why = "skipped"
     else:
-        rec, why = run_search(example, meta["epochs"], budget, args.timeout)
+        rec, why = run_search(example, meta["epochs"], budget, args.timeout, args.keep)
     if rec is not None:
         values = retrain(task, rec["params"], meta["epochs"], meta["chance"], sets)
         bt_mean = sum(values) / len(values)
@@ -260,6 +270,7 @@ def main() -> None:
     parser.add_argument("--skip-tpe", action="store_true", help="leave out the Optuna TPE baseline")
     parser.add_argument("--skip-batchtune", action="store_true", help="leave out batchtune search (checks the rest)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds the search may take per example")
+    parser.add_argument("--keep", type=Path, default=None, help="copy each search's reports and storage into this folder")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the grid: one process, one thread on a shared 2-core machine
     rows = []
