@@ -145,6 +145,10 @@ def _search(
         if cfg.objective == "metric":
             runner = make_runner(cfg, setup.device, setup.gpus, 0, setup.threads)
             plan, spend, warnings = _measure_before_trials(study, cfg, setup, runner, say)
+            # The trials run in their own workers: no idle process beside them holding memory (on CUDA,
+            # a second context on the GPU the trials measure). The re-runs start a fresh one.
+            runner.close()
+            runner = None
         else:
             say("probing which batch sizes fit" if cfg.probe else "planning the trials")
             plan, spend, warnings = _plan_sizes(study, cfg, setup, out_dir), None, []
@@ -173,7 +177,8 @@ def _search(
                 # What the climb left unspent goes back to the sampler (its trials count the climb's).
                 rest = replace(plan, trial_budget=plan.trial_budget + plan.climb_samples, climb_samples=0)
                 interrupted = _run_trials(study, cfg, setup, rest, on_event, on_update)
-        if spend is not None and not interrupted and runner is not None:
+        if spend is not None and not interrupted:
+            runner = make_runner(cfg, setup.device, setup.gpus, 0, setup.threads)
             _rerun_and_account(study, cfg, setup, plan, runner, spend, warnings, say)
     finally:
         if runner is not None:

@@ -98,3 +98,29 @@ def test_sizes_that_do_not_fit_are_left_out_by_the_cell_measurement(cli, tasks, 
     cell = next(c for c in s["cells"] if c["batch_size"] == 64)
     assert not cell["fits"] and "out of memory" in cell["error"]
     assert "batch size 64 left out: does not fit" in result.stderr
+
+
+def test_no_measuring_worker_stays_open_beside_the_trials(cli, tasks, workdir, monkeypatch):
+    """The speed and LR phases' worker is closed before the trials (on CUDA it would hold a second
+    context on the GPU the trials measure); the re-runs start their own."""
+    from batchtune.study import run
+
+    made, seen = [], []
+    real_make, real_trials = run.make_runner, run._run_trials
+
+    def make(*args, **kwargs):
+        made.append(real_make(*args, **kwargs))
+        return made[-1]
+
+    def trials(*args, **kwargs):
+        seen.append([r.alive() for r in made])
+        return real_trials(*args, **kwargs)
+
+    monkeypatch.setattr(run, "make_runner", make)
+    monkeypatch.setattr(run, "_run_trials", trials)
+    result = cli("search", tasks / "tiny_mlp.py", "--budget", "12", *FAST)
+    assert result.exit_code == 0, result.output
+    assert seen and len(made) == 2  # one for the measurements, one for the re-runs
+    assert all(not any(alive) for alive in seen)
+    assert not any(r.alive() for r in made)
+    assert summary_of(workdir)["compute"]["spent_trial_equivalents"]["reruns"] > 0
