@@ -331,7 +331,7 @@ def recommend_measured(
     return Recommendation(
         trial=pick.trial, params=params, metric=float(pick.mean), throughput=float(throughput),
         peak_memory_bytes=int(peak), best_trial=best.trial, best_metric=float(best.mean), tolerance=tol,
-        reason=_measured_reason(pick, best, good, tol, speed_text, cell, mode),
+        reason=_measured_reason(pick, best, good, tol, speed_text, cell, mode) + _uncertainty_text(pick, sd, measured),
         lr_advice=lr_advice(pick.batch_size, pick.lr, current_batch_size, optimizer_family),
         objective="metric",
     )
@@ -367,6 +367,18 @@ def _as_good(c: Any, best: Any, tol: Tolerance, mode: str, sd: float | None = No
 def _seeds_text(c: Any) -> str:
     spread = f" ± {c.spread:.4g}" if c.spread is not None else ""
     return f"{c.mean:.4g}{spread} over {len(c.finished)} fresh seed(s)"
+
+
+def _uncertainty_text(pick: Any, sd: float | None, measured: list[Any]) -> str:
+    """How far a re-train may land from the stated mean: the seed-to-seed spread pooled over the candidates
+    (a candidate's own two seeds can agree by chance), and the stated mean's standard error from it."""
+    if sd is None or not pick.finished:
+        return ""
+    pooled = sum(1 for c in measured if len(c.finished) > 1)
+    se = sd / math.sqrt(len(pick.finished))
+    return (f" Seed to seed, this task's metric varies by {sd:.2g} (standard deviation, pooled over {pooled} "
+            f"candidate(s)): one re-train with a new seed typically lands within that of the stated mean, which is "
+            f"itself uncertain by ±{se:.2g} (standard error).")
 
 
 def _measured_reason(pick: Any, best: Any, good: list[Any], tol: Tolerance, speed_text: str | None, cell: Any,

@@ -133,3 +133,19 @@ def test_the_seed_spread_is_pooled_over_the_candidates():
     assert recommend_measured([best, fast], clear, TRIALS, mode="max", tolerance=tol).trial == 1
     # With the third candidate the pooled error of the gap is 0.9 points: 0.4 + 0.9 > 1, not as good.
     assert recommend_measured([best, fast, wide], clear, TRIALS, mode="max", tolerance=tol).trial == 0
+
+
+def test_the_reason_states_the_pooled_seed_spread_not_the_pick_s_own():
+    """Two seeds of the pick that agree by chance do not make the stated metric certain: the reason gives
+    the seed-to-seed deviation pooled over every candidate and the stated mean's standard error from it."""
+    lucky = Candidate(trial=0, batch_size=16, lr=0.01, norm="batch", precision="fp32", trial_metric=0.99, why="x",
+                      metrics=(0.99, 0.99), seeds=(1000, 1001))
+    wild = Candidate(trial=1, batch_size=32, lr=0.01, norm="batch", precision="fp32", trial_metric=0.98, why="x",
+                     metrics=(0.90, 0.98), seeds=(1000, 1001))
+    rec = recommend_measured([lucky, wild], None, TRIALS, mode="max", tolerance=Tolerance(0.01, "absolute"))
+    assert rec.trial == 0
+    # Pooled: squared deviations 0 + 0 + 0.04^2 + 0.04^2 over 2 degrees of freedom -> 0.04; SE 0.04 / sqrt(2).
+    assert "varies by 0.04 (standard deviation, pooled over 2 candidate(s))" in rec.reason
+    assert "±0.028 (standard error)" in rec.reason
+    alone = recommend_measured([candidate(0, 16, 0.985)], None, TRIALS, mode="max", tolerance=Tolerance(0.01, "absolute"))
+    assert "varies by 0.0014" in alone.reason  # one candidate: its own two seeds are all there is
