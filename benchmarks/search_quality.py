@@ -249,9 +249,10 @@ def judge(example: str, args: argparse.Namespace) -> list[dict[str, Any]]:
           f"{', '.join(f'{v:.4f}' for v in best_values)}); its 2-seed pairs pass (a) "
           f"{_pair_pass_rate(best_values, floor):.0%} of the time", flush=True)
 
-    tpe_mean = None
+    tpe_mean, tpe_params = None, None
     if not args.skip_tpe:
         tpe = run_tpe(task, meta, budget, sets)
+        tpe_params = tpe["params"]
         values = retrain(task, tpe["params"], meta["epochs"], meta["chance"], sets)
         tpe_mean = sum(values) / len(values)
         p = tpe["params"]
@@ -286,9 +287,9 @@ def judge(example: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     # Timing last, so a recommended batch size outside the grid joins the same side-by-side rounds.
     cells = [(b, n) for n in meta["norms"] for b in meta["batch_sizes"]]
-    for _, rec, _, _, _ in picks:
-        if rec is not None and (int(rec["params"]["batch_size"]), rec["params"]["norm"]) not in cells:
-            cells.append((int(rec["params"]["batch_size"]), rec["params"]["norm"]))
+    for params in [rec["params"] for _, rec, _, _, _ in picks if rec is not None] + ([tpe_params] if tpe_params else []):
+        if (int(params["batch_size"]), params["norm"]) not in cells:
+            cells.append((int(params["batch_size"]), params["norm"]))
     mid_lr = 10 ** (sum(meta["lr_exponents"]) / len(meta["lr_exponents"]))  # the grid's median, in log space
     speed = measure_throughput(task, cells, mid_lr, *sets)
     for (b, n), s in sorted(speed.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -320,8 +321,20 @@ def judge(example: str, args: argparse.Namespace) -> list[dict[str, Any]]:
               f"{grid_mean(grid, best2):.4f}); within {TOLERANCE:g}: {describe_near(near2)}; fastest of those "
               f"b{fastest2['batch_size']} {fastest2['norm']}", flush=True)
 
+    # The baseline judged by the same criteria: does plain TPE's pick pass (a) and (b) itself?
+    tpe_judged = "-"
+    if tpe_params is not None and tpe_mean is not None:
+        tpe_ratio = speed[(int(tpe_params["batch_size"]), tpe_params["norm"])].median / fastest["speed"]
+        marks = [tpe_mean >= best["mean"] - TOLERANCE, tpe_ratio >= THROUGHPUT_RATIO]
+        tpe_judged = f"{'/'.join('y' if x else 'n' for x in marks)} (speed {tpe_ratio:.2f})"
+        if best2 is not None and fastest2 is not None:
+            again = [tpe_mean >= best2["mean"] - TOLERANCE,
+                     speed[(int(tpe_params["batch_size"]), tpe_params["norm"])].median / fastest2["speed"] >= THROUGHPUT_RATIO]
+            tpe_judged += f"; vs re-checked {'/'.join('y' if x else 'n' for x in again)}"
+
     rows = []
     for _, rec, why, bt_mean, row in picks:
+        row["TPE a/b"] = tpe_judged
         row["fastest near-best"] = f"b{fastest['batch_size']} {fastest['norm']} {fastest['speed']:,.0f}/s"
         row["fastest near-best, 6 fresh seeds"] = (f"lr {target['lr']:g}: {target_m:.4f} ± {target_se:.4f}, (a) "
                                                    f"{_pair_pass_rate(target_values, best['mean'] - TOLERANCE):.0%}")
@@ -354,11 +367,13 @@ def judge(example: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def render(rows: list[dict[str, Any]], header: str) -> str:
     columns = ["example", "search seed", "budget", "grid best", "batchtune rec", "re-trained (seeds)", "stated",
-               "fastest near-best", "throughput ratio", "TPE rec", "TPE re-trained", "a/b/c/beats-TPE", "verdict",
+               "fastest near-best", "throughput ratio", "TPE rec", "TPE re-trained", "TPE a/b", "a/b/c/beats-TPE", "verdict",
                "seconds", "re-checked best", "a/b vs re-checked", "verdict vs re-checked", "rec, 6 fresh seeds",
                "grid best, 6 fresh seeds", "fastest near-best, 6 fresh seeds"]
     table = tabulate([[r.get(c, "-") for c in columns] for r in rows], headers=columns, tablefmt="github")
     lines = [header, "", table, ""]
+    lines.append("'TPE a/b' judges the plain TPE script's pick by criteria (a) and (b) itself (a diagnostic).")
+    lines.append("")
     lines.append("'re-checked best' and the two columns after it judge (a) and (b) again against the grid's cells "
                  f"within {RECHECK_WITHIN_TEXT} of its best re-trained on {RECHECK_SEEDS} further seeds "
                  "(search_grid.py --recheck): the grid's best is a maximum of many 2-seed means, biased up. The "
