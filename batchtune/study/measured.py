@@ -204,8 +204,10 @@ def weak_answer_warnings(trials: Any, candidates: list[Candidate], *, mode: str,
             if c.spread is not None and c.mean is not None:
                 if c.spread > tolerance.limit(c.mean):
                     out.append(f"trial {c.trial}'s configuration varies by ±{c.spread:.4g} between seeds, more than the "
-                               f"{tolerance.describe()} tolerance: its ranking against the others is uncertain; raise "
-                               "--rerun-seeds")
+                               f"{tolerance.describe()} tolerance: its ranking against the others is uncertain, and "
+                               "seeds that disagree this much often mean its LR is near where training turns unstable; "
+                               f"raise --rerun-seeds, or search below its LR (--lr-min {c.lr / 30:.2g} --lr-max "
+                               f"{c.lr:.2g})")
     if rerun_seeds_ == 0:
         out.append("no re-runs (--rerun-seeds 0): the stated metric is one seed's best-of-many and over-states what "
                    "re-training gives")

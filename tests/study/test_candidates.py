@@ -102,6 +102,7 @@ def test_weak_answers_are_named():
     text = " ".join(weak_answer_warnings(TRIALS, noisy, mode="max", tolerance=Tolerance(0.01, "absolute"),
                                          chance=0.1, bounds=None, rerun_seeds_=0))
     assert "varies by ±0.05 between seeds" in text and "no re-runs" in text
+    assert "--lr-min 0.00033 --lr-max 0.01" in text  # the way to search below an LR whose seeds disagree
     assert "near chance" not in text and "only 4 trial(s)" in text
 
 
