@@ -17,9 +17,28 @@ def summary_of(workdir, study="tiny_mlp"):
     return json.loads((workdir / "reports" / study / "summary.json").read_text())
 
 
-def test_default_search_measures_prunes_reruns_and_states_the_fresh_seeds_mean(cli, tasks, workdir):
+def test_default_search_measures_prunes_reruns_and_states_the_fresh_seeds_mean(cli, tasks, workdir, monkeypatch):
+    from batchtune.study import run
+
+    # The speed and LR phases' worker is closed before the trials (on CUDA it would hold a second
+    # context on the GPU the trials measure); the re-runs start their own.
+    made, seen = [], []
+    real_make, real_trials = run.make_runner, run._run_trials
+
+    def make(*args, **kwargs):
+        made.append(real_make(*args, **kwargs))
+        return made[-1]
+
+    def trials(*args, **kwargs):
+        seen.append([r.alive() for r in made])
+        return real_trials(*args, **kwargs)
+
+    monkeypatch.setattr(run, "make_runner", make)
+    monkeypatch.setattr(run, "_run_trials", trials)
     result = cli("search", tasks / "tiny_mlp.py", "--budget", "12", *FAST)
     assert result.exit_code == 0, result.output
+    assert seen and len(made) == 2 and not any(any(alive) for alive in seen)
+    assert not any(r.alive() for r in made)
     for phase in ("speed and memory", "LR range tests", "re-training"):
         assert phase in result.stderr
     s = summary_of(workdir)
@@ -99,28 +118,3 @@ def test_sizes_that_do_not_fit_are_left_out_by_the_cell_measurement(cli, tasks, 
     assert not cell["fits"] and "out of memory" in cell["error"]
     assert "batch size 64 left out: does not fit" in result.stderr
 
-
-def test_no_measuring_worker_stays_open_beside_the_trials(cli, tasks, workdir, monkeypatch):
-    """The speed and LR phases' worker is closed before the trials (on CUDA it would hold a second
-    context on the GPU the trials measure); the re-runs start their own."""
-    from batchtune.study import run
-
-    made, seen = [], []
-    real_make, real_trials = run.make_runner, run._run_trials
-
-    def make(*args, **kwargs):
-        made.append(real_make(*args, **kwargs))
-        return made[-1]
-
-    def trials(*args, **kwargs):
-        seen.append([r.alive() for r in made])
-        return real_trials(*args, **kwargs)
-
-    monkeypatch.setattr(run, "make_runner", make)
-    monkeypatch.setattr(run, "_run_trials", trials)
-    result = cli("search", tasks / "tiny_mlp.py", "--budget", "12", *FAST)
-    assert result.exit_code == 0, result.output
-    assert seen and len(made) == 2  # one for the measurements, one for the re-runs
-    assert all(not any(alive) for alive in seen)
-    assert not any(r.alive() for r in made)
-    assert summary_of(workdir)["compute"]["spent_trial_equivalents"]["reruns"] > 0
