@@ -117,4 +117,3 @@ def test_sizes_that_do_not_fit_are_left_out_by_the_cell_measurement(cli, tasks, 
     cell = next(c for c in s["cells"] if c["batch_size"] == 64)
     assert not cell["fits"] and "out of memory" in cell["error"]
     assert "batch size 64 left out: does not fit" in result.stderr
-
