@@ -128,12 +128,13 @@ def _metric_plot(plt: Any, ok: pd.DataFrame, summary: dict[str, Any], rec_trial:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     norms = sorted(ok["norm"].astype(str).unique())
     decide: list[float] = []
+    lines = []
     for norm in norms:
         g = ok[ok["norm"] == norm]
         colour = norm_colour(norm)
         ax.scatter(g["batch_size"], g["metric"], s=14, color=colour, alpha=0.45)
         best = g.groupby("batch_size")["metric"].max() if mode == "max" else g.groupby("batch_size")["metric"].min()
-        ax.plot(best.index, best.values, "-", color=colour, alpha=0.9, linewidth=1.5)
+        lines.append((best, colour))
         decide += list(best.values)
     cands = summary.get("candidates") or []
     shown = False
@@ -163,6 +164,11 @@ def _metric_plot(plt: Any, ok: pd.DataFrame, summary: dict[str, Any], rec_trial:
     if band is not None:
         ax.axhspan(band[0], band[1], color="gray", alpha=0.12, label="tolerance below the best")
     limits = _focus_limits(decide, band, mode)
+    for best, colour in lines:
+        # A cell whose best is off the axis breaks its norm's line (its trials are marked on the edge),
+        # instead of a segment diving to it through the cells that decide.
+        shown_best = best.where(best.between(*limits)) if limits is not None else best
+        ax.plot(shown_best.index, shown_best.values, "-", color=colour, alpha=0.9, linewidth=1.5)
     if limits is not None:
         ax.set_ylim(*limits)
         _clip_note(ax, ok["metric"], limits, lambda i: norm_colour(str(ok.loc[i, "norm"])), ok["batch_size"])

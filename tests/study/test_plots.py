@@ -56,3 +56,23 @@ def test_search_plots_are_written_with_distinct_titles_and_norm_colours(tmp_path
 
     assert _colour(Curve(), 1) == (plots.norm_colour("group"), "-")  # the probe's plots use the same colours
     assert len({plots.norm_colour(n) for n in ("batch", "group", "layer", "none")}) == 4
+
+
+def test_the_best_per_cell_line_breaks_at_a_cell_off_the_axis(tmp_path, monkeypatch):
+    """Layer norm's only cell (0.40) is far below the band: no line segment is drawn to it."""
+    import matplotlib.axes
+
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def plot(self, *args, **kwargs):
+        if len(args) >= 2 and len(args[0]):
+            drawn.append((list(args[0]), [float(v) for v in args[1]]))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    plots._metric_plot(plots._plt(), trials(), SUMMARY, 6, set(), (0.98, 0.985), tmp_path)
+    by_x = {tuple(x): y for x, y in drawn}
+    assert by_x[(16, 32, 64)] == [0.985, 0.978, 0.982]  # batch norm: every cell within the axis
+    layer = by_x[(64,)]
+    assert len(layer) == 1 and layer[0] != layer[0]  # NaN: the 0.40 cell is off the axis, not joined
