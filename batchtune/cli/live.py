@@ -98,7 +98,9 @@ class PlainDisplay:
     def _echo(self, text: str, indent: str = "  ") -> None:
         width = min(100, shutil.get_terminal_size((WIDTH, 24)).columns) - 1
         with self.lock:
-            click.echo(textwrap.fill(text, width=width, subsequent_indent=indent, break_long_words=False),
+            # Never inside a word or a flag (--lr-min stays whole, so it can be copied).
+            click.echo(textwrap.fill(text, width=width, subsequent_indent=indent, break_long_words=False,
+                                     break_on_hyphens=False),
                        err=True, file=self.stream)
 
     def phase(self, line: str) -> None:

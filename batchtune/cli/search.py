@@ -150,7 +150,8 @@ def _wrapped(text: str, err: bool = False) -> None:
     import textwrap
 
     width = min(100, shutil.get_terminal_size((80, 24)).columns) - 1
-    click.echo(textwrap.fill(text, width=width, subsequent_indent="  ", break_long_words=False), err=err)
+    click.echo(textwrap.fill(text, width=width, subsequent_indent="  ", break_long_words=False,
+                             break_on_hyphens=False), err=err)
 
 
 def render_result(result: Any, as_json: bool) -> None:

@@ -111,3 +111,14 @@ def test_pareto_front_prints_one_trial_a_line_within_80_columns():
     lines = pareto_lines(front)
     assert lines[0] == "  trial 12  b1024  lr 0.000123  group 0.9877   123k/s    5.0 GiB"
     assert lines[1].endswith("900/s          -") and all(len(line) <= 80 for line in lines)
+
+
+def test_wrapped_lines_never_split_a_flag(capsys):
+    """A warning that names flags wraps between words only: ``--lr-min`` stays whole, so it can be copied."""
+    from batchtune.cli.search import _wrapped
+
+    for pad in range(40):  # every position of the flags against the 80-column edge
+        _wrapped("warning: " + "x" * pad + " raise --rerun-seeds, or search below its LR (--lr-min 0.0024 --lr-max 0.073)")
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert not [line for line in lines if line.rstrip().endswith("-")], lines
