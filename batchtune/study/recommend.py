@@ -331,7 +331,8 @@ def recommend_measured(
     return Recommendation(
         trial=pick.trial, params=params, metric=float(pick.mean), throughput=float(throughput),
         peak_memory_bytes=int(peak), best_trial=best.trial, best_metric=float(best.mean), tolerance=tol,
-        reason=_measured_reason(pick, best, good, tol, speed_text, cell, mode) + _uncertainty_text(pick, sd, measured),
+        reason=(_measured_reason(pick, best, good, tol, speed_text, cell, mode)
+                + _unresolved_text(pick, best, measured, good, tol, mode, sd) + _uncertainty_text(pick, sd, measured)),
         lr_advice=lr_advice(pick.batch_size, pick.lr, current_batch_size, optimizer_family),
         objective="metric",
     )
@@ -357,11 +358,37 @@ def _as_good(c: Any, best: Any, tol: Tolerance, mode: str, sd: float | None = No
         return True
     limit = tol.limit(best.mean)
     gap = (best.mean - c.mean) if mode == "max" else (c.mean - best.mean)
+    return gap + max(_gap_error(c, best, sd), limit / 4) <= limit + 1e-12
+
+
+def _gap_error(c: Any, best: Any, sd: float | None) -> float:
+    """The standard error of the gap between two candidates' means: from the pooled seed deviation, else
+    from their own spreads."""
     if sd is not None:
-        error = sd * math.sqrt(1 / max(1, len(c.finished)) + 1 / max(1, len(best.finished)))
-    else:
-        error = math.hypot(c.spread or 0.0, best.spread or 0.0)
-    return gap + max(error, limit / 4) <= limit + 1e-12
+        return sd * math.sqrt(1 / max(1, len(c.finished)) + 1 / max(1, len(best.finished)))
+    return math.hypot(c.spread or 0.0, best.spread or 0.0)
+
+
+def _unresolved_text(pick: Any, best: Any, measured: list[Any], good: list[Any], tol: Tolerance, mode: str,
+                     sd: float | None) -> str:
+    """The candidates within the tolerance by their means that the seed noise keeps from being called as good:
+    the pick is the better mean, not a better configuration, and more seeds would tell (said, not ranked)."""
+    if pick is not best:
+        return ""
+    limit = tol.limit(best.mean)
+    close = [c for c in measured if c is not best and c not in good
+             and ((best.mean - c.mean) if mode == "max" else (c.mean - best.mean)) <= limit + 1e-12]
+    if not close:
+        return ""
+    gaps = sorted(abs(best.mean - c.mean) for c in close)
+    as_points = tol.kind == "absolute" and tol.value < 1
+    span = (f"{gaps[0] * 100:.2f}" if as_points else f"{gaps[0]:.3g}") + (
+        "" if len(gaps) == 1 else f" to {gaps[-1] * 100:.2f}" if as_points else f" to {gaps[-1]:.3g}")
+    error = max(_gap_error(c, best, sd) for c in close)
+    return (f" {len(close)} other candidate(s) ({', '.join(f'batch {c.batch_size} {c.norm}' for c in close)}) are "
+            f"{span}{' points' if as_points else ''} below it by their means, inside the tolerance, but the gap's "
+            f"uncertainty (±{error:.2g}, standard error) is too large to call them as good: can't tell which is "
+            "better; raise --rerun-seeds to tell.")
 
 
 def _seeds_text(c: Any) -> str:
@@ -393,6 +420,6 @@ def _measured_reason(pick: Any, best: Any, good: list[Any], tol: Tolerance, spee
                 f"({_seeds_text(best)}, {gap_text} better), and faster beyond the timing noise: {speed_text}.")
     others = [c for c in good if c is not pick]
     if not others:
-        return f"{head}: the best candidate, and no other candidate is within the {tol.describe()} tolerance of it."
+        return f"{head}: the best candidate; no other candidate is shown to be within the {tol.describe()} tolerance of it."
     return (f"{head}: the best candidate; {len(others)} other(s) within the {tol.describe()} tolerance "
             "are not faster beyond the timing noise (can't tell their speeds apart, or slower).")

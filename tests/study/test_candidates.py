@@ -150,3 +150,28 @@ def test_the_reason_states_the_pooled_seed_spread_not_the_pick_s_own():
     assert "±0.028 (standard error)" in rec.reason
     alone = recommend_measured([candidate(0, 16, 0.985)], None, TRIALS, mode="max", tolerance=Tolerance(0.01, "absolute"))
     assert "varies by 0.0014" in alone.reason  # one candidate: its own two seeds are all there is
+
+
+def test_candidates_inside_the_tolerance_by_mean_but_not_beyond_the_seed_noise_are_named_as_can_t_tell():
+    """Seeds spread as wide as the tolerance (the digits MLP: pooled deviation 0.01): faster candidates
+    0.28 and 0.41 points below the best mean are not shown to be as good, and the reason says that it
+    cannot tell them apart, instead of saying no candidate is within the tolerance."""
+    def c(trial, batch, metrics):
+        return Candidate(trial=trial, batch_size=batch, lr=0.1, norm="batch", precision="fp32", trial_metric=0.99,
+                         why="x", metrics=metrics, seeds=(1000, 1001))
+
+    best, mid, fast = c(0, 32, (0.9749, 0.9916)), c(1, 64, (0.9833, 0.9777)), c(2, 128, (0.9694, 0.9889))
+    far = c(3, 16, (0.9600, 0.9640))  # 2 points below: outside the tolerance by its mean, not named
+    # Step times relative to the reference: per sample, batch 128 is 2x and batch 64 1.3x batch 32's speed.
+    clear = table(speed_cell(32, [[1.0]] * 4), speed_cell(64, [[1.5]] * 4), speed_cell(128, [[2.0]] * 4),
+                  speed_cell(16, [[1.0]] * 4))
+    rec = recommend_measured([best, mid, fast, far], clear, TRIALS, mode="max", tolerance=Tolerance(0.01, "absolute"))
+    assert rec.trial == 0
+    assert "no other candidate is shown to be within the 1 percentage points tolerance" in rec.reason
+    assert ("2 other candidate(s) (batch 64 batch, batch 128 batch) are 0.28 to 0.41 points below it by their means"
+            in rec.reason)
+    assert "can't tell which is better; raise --rerun-seeds" in rec.reason
+    # Seeds that agree: the same gaps are resolved, the fastest as-good candidate wins and nothing is unresolved.
+    tight = [c(0, 32, (0.9830, 0.9836)), c(1, 64, (0.9803, 0.9807)), c(2, 128, (0.9789, 0.9793))]
+    rec = recommend_measured(tight, clear, TRIALS, mode="max", tolerance=Tolerance(0.01, "absolute"))
+    assert rec.trial == 2 and "can't tell which" not in rec.reason
