@@ -384,15 +384,17 @@ def _tolerance(trials: Any, cfg: SearchConfig, mode: str) -> tuple[Any, float]:
 
 
 def _start_design(cfg: SearchConfig, setup: _Setup, plan: TrialPlan) -> tuple[dict[str, Any], ...]:
-    """Phase 5a of the default search: the first trials, one per norm at the LR the range test suggests
+    """Phase 5a of the default search: the first trials, one per norm at the LR the range test suggests and,
+    when the trials' budget holds two full trials per norm, one per norm half a decade lower
     (:func:`batchtune.study.lr_range.start_design`); the workers take them before the sampler draws
     (:meth:`batchtune.study.ledger.LeanTrial.claim`), each once however many workers share the study."""
     from batchtune.study.lr_range import start_design
 
     if plan.lr_bounds is None:
         return ()
+    bracket = plan.trial_budget is None or plan.trial_budget >= 2 * len(setup.norms) * plan.trial_samples
     points = []
-    for params in start_design(plan.lr_bounds, plan.sizes, setup.norms):
+    for params in start_design(plan.lr_bounds, plan.sizes, setup.norms, bracket=bracket):
         if len(cfg.precisions) > 1:
             params["precision"] = cfg.precisions[0]
         if f"{params['batch_size']}/{params['norm']}/{params.get('precision', cfg.precisions[0])}" not in plan.unfit:

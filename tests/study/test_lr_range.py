@@ -73,6 +73,19 @@ def test_the_first_trials_start_at_a_tenth_of_the_minimum_s_lr_in_each_norm():
     assert design[2]["lr_position"] == 0.5  # no test of its own norm: the middle of the fallback window
 
 
+def test_the_bracket_adds_a_trial_per_tested_norm_half_a_decade_below_the_suggestion():
+    tests = [ramp(8, "batch", turn=0.01), ramp(128, "batch", turn=0.16), ramp(8, "group", turn=0.003)]
+    bounds = fit_bounds(tests, [8, 16, 32, 64, 128], ["batch", "group", "none"], "sgd")
+    single = start_design(bounds, [8, 16, 32, 64, 128], ["batch", "group", "none"])
+    design = start_design(bounds, [8, 16, 32, 64, 128], ["batch", "group", "none"], bracket=True)
+    assert design[:3] == single  # the suggestions first, so they run first
+    # Then one more per norm that has a range test of its own ("none" has none: one trial in the fallback).
+    assert [(d["batch_size"], d["norm"]) for d in design[3:]] == [(32, "batch"), (32, "group")]
+    for high, low in zip(design[:2], design[3:]):
+        ratio = bounds.lr(32, high["norm"], high["lr_position"]) / bounds.lr(32, low["norm"], low["lr_position"])
+        assert ratio == pytest.approx(3.0, rel=1e-3)
+
+
 def test_scaling_exponent_recovers_a_known_slope_with_its_error():
     points = {"batch": {b: 0.01 * b**0.5 for b in (8, 32, 128)}, "group": {b: 0.03 * b**0.5 for b in (8, 32, 128)}}
     slope, se = scaling_exponent(points)
@@ -105,3 +118,23 @@ def test_range_test_on_a_real_model_finds_where_the_loss_turns(tasks):
     assert t.lr_at_min is not None and 1e-5 < t.lr_at_min < 10
     assert t.lrs == tuple(sorted(t.lrs))
     assert min(t.losses) < t.losses[0]
+
+
+def test_the_search_brackets_only_when_the_trials_budget_holds_two_full_trials_per_norm():
+    from types import SimpleNamespace
+
+    from batchtune.study.run import _start_design
+
+    tests = [ramp(8, "batch", turn=0.01), ramp(128, "batch", turn=0.16), ramp(8, "none", turn=0.05),
+             ramp(128, "none", turn=0.5)]
+    bounds = fit_bounds(tests, [8, 16, 32, 64, 128], ["batch", "none"], "sgd")
+    cfg, setup = SimpleNamespace(precisions=("fp32",)), SimpleNamespace(norms=("batch", "none"))
+
+    def plan(trials, unfit=()):
+        return SimpleNamespace(lr_bounds=bounds, sizes=(8, 16, 32, 64, 128), trial_budget=trials * 1000,
+                               trial_samples=1000, unfit={k: "out of memory" for k in unfit})
+
+    assert [p["norm"] for p in _start_design(cfg, setup, plan(4))] == ["batch", "none", "batch", "none"]
+    assert [p["norm"] for p in _start_design(cfg, setup, plan(3.9))] == ["batch", "none"]
+    # A cell that does not fit is not started in, at either LR.
+    assert [p["norm"] for p in _start_design(cfg, setup, plan(4, unfit=["32/none/fp32"]))] == ["batch", "batch"]
