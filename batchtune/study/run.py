@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -432,8 +433,16 @@ def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
         if not announced:
             say("climbing to faster cells: trials at faster neighbours of the best, at the same LR position")
             announced = True
+        # Not again when another coordinator of the study queued the same neighbour (it read the same trials).
         study.enqueue_trial(step.params, user_attrs={"origin": climb.ORIGIN, "climb": step.why},
-                            skip_if_exists=False)
+                            skip_if_exists=True)
+        if not _queued(study, step.params):
+            # That coordinator's worker took it already: wait for its result instead of running it twice.
+            try:
+                _wait_for(study, step.params)
+            except KeyboardInterrupt:
+                return True
+            continue
         # One trial (the queued one); the budget shown is the trials' and the climb's together.
         budget = None if plan.trial_budget is None else plan.trial_budget + plan.climb_samples
         # One worker: two threads of this process asking for one queued trial race in Optuna's storage.
@@ -442,6 +451,33 @@ def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
             return True
         if sum(counts(t) for t in study.get_trials(deepcopy=False)) <= counted:
             return False  # the queued trial did not run (the time limit or the budget): the climb ends here
+
+
+def _same_params(trial: Any, params: dict[str, Any]) -> bool:
+    """Whether ``trial`` has (or was queued with) ``params``, as Optuna's ``enqueue_trial`` compares them."""
+    have = trial.system_attrs.get("fixed_params", trial.params)
+    return have.keys() == params.keys() and all(
+        math.isclose(float(have[k]), float(v), rel_tol=1e-12) if isinstance(v, (int, float)) else have[k] == v
+        for k, v in params.items())
+
+
+def _queued(study: Any, params: dict[str, Any]) -> bool:
+    from optuna.trial import TrialState
+
+    return any(_same_params(t, params) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def _wait_for(study: Any, params: dict[str, Any], poll: float = 1.0) -> None:
+    """Until no trial with ``params`` is running (another coordinator's climb step). A running trial whose
+    coordinator died is failed and re-queued meanwhile (:func:`_recover_dead_trials`), which ends the wait:
+    the caller then finds it queued and runs it."""
+    import time
+
+    from optuna.trial import TrialState
+
+    while any(_same_params(t, params) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+        time.sleep(poll)
+        _recover_dead_trials(study)
 
 
 def majority_share(dataset: Any) -> float | None:

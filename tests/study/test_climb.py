@@ -103,46 +103,62 @@ def test_lower_is_better_and_no_cell_measurement():
     assert step(lost, cells=None, close=0.05, mode="min") is None
 
 
+class _Phase:
+    """A real (in-memory) study, plan and config for the climb phase in run.py, with one finished trial at
+    batch 8 (lr position 0.3); batch 16 holds at that position, batch 32 does not."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        import optuna
+
+        from batchtune.study.config import SearchConfig, Tolerance
+        from batchtune.study.coordinator import trial_space
+        from batchtune.study.plan import TrialPlan
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.full = full = 1000
+        self.plan = TrialPlan(splits={8: None, 16: None, 32: None, 64: None}, rule="none", reference=None,
+                              warmup_epochs=0, objective="metric", target=None, mode="max", lr_bounds=SimpleNamespace(),
+                              trial_budget=None, trial_samples=full, climb_samples=2 * full)
+        self.cfg = SearchConfig(task_path="task.py", trials=50, tolerance=Tolerance(0.01, "absolute"))
+
+        @dataclass(frozen=True)
+        class Setup:  # the parts of run._Setup the phase reads
+            norms: tuple
+            task: Any
+            workers: int = 2
+
+        self.setup = Setup(norms=("batch",), task=SimpleNamespace(metric_mode="max"))
+        self.study = optuna.create_study(direction="maximize")
+        self.space = trial_space(self.cfg, self.plan, self.setup.norms)
+        self.metric = {8: 0.95, 16: 0.948, 32: 0.90, 64: 0.96}
+        first = self.study.ask(self.space)
+        self.study.tell(first, state=optuna.trial.TrialState.FAIL)  # not counted; the real first trial is enqueued
+        self.study.enqueue_trial({"batch_size": 8, "lr_position": 0.3, "norm": "batch"})
+        self.tell(self.study.ask(self.space))
+
+    def tell(self, trial: Any) -> None:
+        b = trial.params["batch_size"]
+        trial.set_user_attr("result", {"status": "ok", "final_metric": self.metric[b], "samples": self.full,
+                                       "effective_batch_size": b, "throughput": 1.0, "peak_memory_bytes": 1})
+        self.study.tell(trial, self.metric[b])
+
+
 def test_the_climb_phase_queues_one_neighbour_at_a_time_within_its_share(monkeypatch):
     """The phase in run.py on a real (in-memory) study: each step is queued with its origin, runs, and the
     next step sees its result; it stops at its share of the budget."""
-    from types import SimpleNamespace
-
     import optuna
 
     from batchtune.study import run
-    from batchtune.study.config import SearchConfig, Tolerance
-    from batchtune.study.coordinator import trial_space
     from batchtune.study.plan import TrialPlan
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    full = 1000
-    plan = TrialPlan(splits={8: None, 16: None, 32: None, 64: None}, rule="none", reference=None, warmup_epochs=0,
-                     objective="metric", target=None, mode="max", lr_bounds=SimpleNamespace(), trial_budget=None,
-                     trial_samples=full, climb_samples=2 * full)
-    cfg = SearchConfig(task_path="task.py", trials=50, tolerance=Tolerance(0.01, "absolute"))
-    @dataclass(frozen=True)
-    class Setup:  # the parts of run._Setup the phase reads
-        norms: tuple
-        task: Any
-        workers: int = 2
-
-    setup = Setup(norms=("batch",), task=SimpleNamespace(metric_mode="max"))
-    study = optuna.create_study(direction="maximize")
-    space = trial_space(cfg, plan, setup.norms)
-    metric = {8: 0.95, 16: 0.948, 32: 0.90, 64: 0.96}  # batch 16 holds, batch 32 does not
+    phase = _Phase()
+    study, space, cfg, setup, plan, metric, full = (phase.study, phase.space, phase.cfg, phase.setup, phase.plan,
+                                                    phase.metric, phase.full)
 
     def tell(trial, samples):
-        b = trial.params["batch_size"]
-        trial.set_user_attr("result", {"status": "ok", "final_metric": metric[b], "samples": samples,
-                                       "effective_batch_size": b, "throughput": 1.0, "peak_memory_bytes": 1})
-        study.tell(trial, metric[b])
-
-    first = study.ask(space)
-    first_params = {"batch_size": 8, "lr_position": 0.3, "norm": "batch"}
-    study.tell(first, state=optuna.trial.TrialState.FAIL)  # not counted; the real first trial is enqueued
-    study.enqueue_trial(first_params)
-    tell(study.ask(space), full)
+        phase.tell(trial)
 
     ran = []
 
@@ -174,3 +190,40 @@ def test_the_climb_phase_queues_one_neighbour_at_a_time_within_its_share(monkeyp
     waiting = study.trials[-1]
     assert waiting.state == optuna.trial.TrialState.WAITING and waiting.user_attrs["origin"] == "climb"
     assert waiting.system_attrs["fixed_params"] == {"batch_size": 64, "lr_position": 0.5, "norm": "batch"}
+
+
+def test_a_neighbour_another_coordinator_runs_is_waited_for_not_run_twice(monkeypatch):
+    """Two coordinators of one study read the same trials and reach the same climb step: the second does
+    not queue it again (nor run it); it waits for the first's result and climbs on from there."""
+    import time
+
+    import optuna
+
+    from batchtune.study import run
+
+    phase = _Phase()
+    # The other coordinator queued batch 16 and its worker is training it.
+    phase.study.enqueue_trial({"batch_size": 16, "lr_position": 0.3, "norm": "batch"})
+    theirs = phase.study.ask(phase.space)
+    waits = []
+
+    def sleep(seconds):  # the other coordinator's trial finishes while this one waits
+        waits.append(seconds)
+        phase.tell(theirs)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    ran = []
+
+    def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None):
+        trial = study_.ask(phase.space)
+        ran.append(dict(trial.params))
+        phase.tell(trial)
+        return False
+
+    monkeypatch.setattr(run, "_run_trials", fake_run_trials)
+    assert run._climb(phase.study, phase.cfg, phase.setup, phase.plan, None, lambda line: None) is False
+    assert waits == [1.0]
+    assert ran == [{"batch_size": 32, "lr_position": 0.3, "norm": "batch"}]  # from batch 16's result on
+    at_16 = [t for t in phase.study.trials if t.params.get("batch_size") == 16
+             or t.system_attrs.get("fixed_params", {}).get("batch_size") == 16]
+    assert len(at_16) == 1 and at_16[0].state == optuna.trial.TrialState.COMPLETE
