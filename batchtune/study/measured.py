@@ -8,9 +8,10 @@ its result in the study (so a resume reuses it) and adds what it trained on to t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -62,11 +63,18 @@ def measure_speed(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tuple[in
         return None
     if on_phase:
         on_phase(f"speed and memory: {len(cells)} cells x {rounds} interleaved rounds of {steps} timed steps")
-    table = measure_cells(
-        lambda plan: runner.call_task("batchtune.gate.measure:measure_repeat", {"plan": plan}, timeout=cfg.trial_timeout),
-        cells, device=device, threads=threads, seed=cfg.seed, limit_bytes=limit_bytes, headroom=cfg.headroom,
-        rounds=rounds, steps=steps, warmup=warmup,
-    )
+    done = [0]
+
+    def call(plan: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = runner.call_task("batchtune.gate.measure:measure_repeat", {"plan": plan},
+                                               timeout=cfg.trial_timeout)
+        if "error" not in out:
+            done[0] += (plan["warmup"] + plan["steps"]) * plan["batch_size"]
+        return out
+
+    with interrupted_spend(study, "speed", done):
+        table = measure_cells(call, cells, device=device, threads=threads, seed=cfg.seed, limit_bytes=limit_bytes,
+                              headroom=cfg.headroom, rounds=rounds, steps=steps, warmup=warmup)
     study.set_user_attr("cells", {**table.to_dict(), "key": key})
     return table
 
@@ -93,24 +101,52 @@ def measure_lr_windows(study: Any, runner: Any, cfg: SearchConfig, *, sizes: tup
         return fit_bounds([], sizes, norms, family), 0  # not stored: a resume with a larger budget measures
     if on_phase:
         on_phase(f"LR range tests: {len(norms)} norm(s) x batch {','.join(map(str, tested))}, {steps} steps each")
-    tests = []
-    for norm in norms:
-        for b in tested:
-            out = runner.call_task(
-                "batchtune.study.lr_range:range_test",
-                {"batch_size": b, "norm": norm, "precision": cfg.precisions[0], "device": device, "seed": cfg.seed,
-                 "family": family, "steps": steps, "threads": threads},
-                timeout=cfg.trial_timeout,
-            )
-            if "lrs" not in out:  # the worker failed: no signal from this cell
-                out = {"batch_size": b, "norm": norm, "lrs": (), "losses": (), "samples": 0, "error": out.get("error")}
-            tests.append(RangeTest(batch_size=b, norm=norm, lrs=tuple(out["lrs"]), losses=tuple(out["losses"]),
-                                   samples=int(out["samples"]), error=out.get("error")))
+    tests: list[RangeTest] = []
+    done = [0]
+    with interrupted_spend(study, "lr_range", done):
+        for norm in norms:
+            for b in tested:
+                out = runner.call_task(
+                    "batchtune.study.lr_range:range_test",
+                    {"batch_size": b, "norm": norm, "precision": cfg.precisions[0], "device": device, "seed": cfg.seed,
+                     "family": family, "steps": steps, "threads": threads},
+                    timeout=cfg.trial_timeout,
+                )
+                if "lrs" not in out:  # the worker failed: no signal from this cell
+                    out = {"batch_size": b, "norm": norm, "lrs": (), "losses": (), "samples": 0,
+                           "error": out.get("error")}
+                tests.append(RangeTest(batch_size=b, norm=norm, lrs=tuple(out["lrs"]), losses=tuple(out["losses"]),
+                                       samples=int(out["samples"]), error=out.get("error")))
+                done[0] += tests[-1].samples
     bounds = fit_bounds(tests, sizes, norms, family)
     samples = sum(t.samples for t in tests)
     study.set_user_attr("lr_range", {"key": key, "bounds": bounds.to_dict(), "samples": samples, "steps": steps,
                                      "tests": [t.to_dict() for t in tests]})
     return bounds, samples
+
+
+INTERRUPTED_KEY = "interrupted_spend"
+
+
+@contextlib.contextmanager
+def interrupted_spend(study: Any, phase: str, done: list[int]) -> Iterator[None]:
+    """On Ctrl-C inside a measuring phase, add what it had trained (``done[0]`` samples, the finished
+    measurements) to the study's record of interrupted compute before the interrupt goes on: the phase is
+    measured again on resume, and the compute totals count both (:func:`add_interrupted`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if done[0]:
+            record = dict(study.user_attrs.get(INTERRUPTED_KEY) or {})
+            record[phase] = int(record.get(phase, 0)) + int(done[0])
+            study.set_user_attr(INTERRUPTED_KEY, record)
+        raise
+
+
+def add_interrupted(study: Any, spend: Spend) -> None:
+    """Count the compute of measuring phases that a Ctrl-C cut short (stored by :func:`interrupted_spend`)."""
+    for phase, samples in (study.user_attrs.get(INTERRUPTED_KEY) or {}).items():
+        spend.add(phase, int(samples))
 
 
 def reserve_reruns(cfg: SearchConfig, budget: Budget) -> tuple[int, int]:
@@ -169,13 +205,16 @@ def rerun_candidates(study: Any, runner: Any, cfg: SearchConfig, *, trials: Any,
         metrics: list[float | None] = []
         failures: list[str] = []
         samples = 0
-        for seed in fresh:
-            result = runner.run(spec_for(c, seed), timeout=cfg.trial_timeout)
-            samples += int(result.samples or 0)
-            ok = result.status == "ok" and result.final_metric is not None and math.isfinite(result.final_metric)
-            metrics.append(float(result.final_metric) if ok else None)
-            if not ok:
-                failures.append(f"seed {seed}: {result.status} ({result.reason})")
+        partial = [0]
+        with interrupted_spend(study, "reruns", partial):
+            for seed in fresh:
+                result = runner.run(spec_for(c, seed), timeout=cfg.trial_timeout)
+                samples += int(result.samples or 0)
+                partial[0] = samples
+                ok = result.status == "ok" and result.final_metric is not None and math.isfinite(result.final_metric)
+                metrics.append(float(result.final_metric) if ok else None)
+                if not ok:
+                    failures.append(f"seed {seed}: {result.status} ({result.reason})")
         if not seeds:  # no re-runs asked for: the trial's own seed is all there is
             metrics, fresh_used = [c.trial_metric], tuple([cfg.seed])
         else:

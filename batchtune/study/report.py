@@ -245,6 +245,11 @@ def measured_section(s: dict[str, Any]) -> list[str]:
             pd.DataFrame(rows).to_markdown(index=False) if rows else "_nothing spent_",
             "",
         ]
+        cut = {k: v for k, v in (compute.get("interrupted_trial_equivalents") or {}).items() if v}
+        if cut:
+            lines += ["Included above: measurements that a Ctrl-C cut short and the resumed search measured again ("
+                      + ", ".join(f"{k} {v:.2f}" for k, v in cut.items()) + " trial-equivalents; a measurement in "
+                      "progress at the interrupt is not counted).", ""]
         left = compute.get("left_out") or {}
         if left:
             lines += ["Batch sizes not searched:", ""] + [f"- {b}: {why}" for b, why in left.items()] + [""]

@@ -287,6 +287,7 @@ def _measure_before_trials(
     assert cfg.budget is not None
     budget = Budget(trial_equivalents=cfg.budget, trial_samples=full)
     spend = Spend(budget)
+    measured.add_interrupted(study, spend)  # measurements a Ctrl-C cut short: trained on, so spent
     warnings: list[str] = []
     limit = cfg.memory_budget or (device_memory(setup.device) if setup.device.type != "cpu" else None)
     cells = None
@@ -327,8 +328,11 @@ def _measure_before_trials(
     unfit = {c.key: str(c.error or c.over_limit) for c in cells.cells.values() if not c.fits} if cells is not None else {}
     plan = replace(plan, trial_budget=measured.trial_budget(budget, spend, reserved, warnings), trial_samples=full,
                    unfit=unfit, climb_samples=climb_samples)
+    interrupted = {p: round(budget.equivalents(v), 3)
+                   for p, v in (study.user_attrs.get(measured.INTERRUPTED_KEY) or {}).items()}
     study.set_user_attr("budget", {**spend.to_dict(), "reserved_reruns": {"candidates": count, "seeds": seeds},
-                                   "left_out": {str(b): why for b, why in setup.left_out.items()}})
+                                   "left_out": {str(b): why for b, why in setup.left_out.items()},
+                                   "interrupted_trial_equivalents": interrupted})
     return plan, spend, warnings
 
 
