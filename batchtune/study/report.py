@@ -354,9 +354,9 @@ def render_markdown(result: Any, plots: dict[str, Path], out_dir: Path) -> str:
         "- *peak memory* is `torch.cuda.max_memory_allocated` on CUDA and the peak resident memory of "
         "the trial's process on CPU (reset between trials).",
         ("- The recommendation re-trains the best few configurations on fresh seeds, keeps those whose mean is "
-         f"within the tolerance ({rec.tolerance.describe() if rec else 'n/a'}) of the best mean, less a quarter "
-         "of it kept as a margin for seed noise, and takes the fastest cell among them only when it is faster "
-         "beyond the timing noise." if measured else
+         f"within the tolerance ({rec.tolerance.describe() if rec else 'n/a'}) of the best mean by more than the "
+         "gap's standard error, and takes the fastest cell among them only when it is faster beyond the timing "
+         "noise." if measured else
          "- The recommendation takes the Pareto-front trials whose metric is within the tolerance "
          f"({rec.tolerance.describe() if rec else 'n/a'}) of the best, then the fastest; throughputs within 2% "
          "are a tie, broken by lower peak memory."),

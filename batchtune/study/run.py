@@ -437,16 +437,17 @@ def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
         if not announced:
             say("climbing to faster cells: trials at faster neighbours of the best, at the same LR position")
             announced = True
-        # Not again when another coordinator of the study queued the same neighbour (it read the same trials).
-        study.enqueue_trial(step.params, user_attrs={"origin": climb.ORIGIN, "climb": step.why},
-                            skip_if_exists=True)
-        if not _queued(study, step.params):
-            # That coordinator's worker took it already: wait for its result instead of running it twice.
+        # Another coordinator of the study may have reached the same neighbour (it read the same trials):
+        # wait for the result of the trial it runs, or run the one it queued, instead of a second copy. (A
+        # finished copy that failed, e.g. interrupted, is not counted by the step and is queued again.)
+        if _matching(study, step.params, "RUNNING"):
             try:
                 _wait_for(study, step.params)
             except KeyboardInterrupt:
                 return True
             continue
+        if not _matching(study, step.params, "WAITING"):
+            study.enqueue_trial(step.params, user_attrs={"origin": climb.ORIGIN, "climb": step.why})
         # One trial (the queued one); the budget shown is the trials' and the climb's together.
         budget = None if plan.trial_budget is None else plan.trial_budget + plan.climb_samples
         # One worker: two threads of this process asking for one queued trial race in Optuna's storage.
@@ -458,17 +459,18 @@ def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
 
 
 def _same_params(trial: Any, params: dict[str, Any]) -> bool:
-    """Whether ``trial`` has (or was queued with) ``params``, as Optuna's ``enqueue_trial`` compares them."""
+    """Whether ``trial`` has (or was queued with) ``params`` (a climb step's, computed alike by every coordinator)."""
     have = trial.system_attrs.get("fixed_params", trial.params)
     return have.keys() == params.keys() and all(
-        math.isclose(float(have[k]), float(v), rel_tol=1e-12) if isinstance(v, (int, float)) else have[k] == v
+        math.isclose(float(have[k]), float(v), rel_tol=1e-9) if isinstance(v, (int, float)) else have[k] == v
         for k, v in params.items())
 
 
-def _queued(study: Any, params: dict[str, Any]) -> bool:
+def _matching(study: Any, params: dict[str, Any], state: str) -> bool:
+    """Whether a trial in ``state`` (WAITING or RUNNING) has ``params``."""
     from optuna.trial import TrialState
 
-    return any(_same_params(t, params) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    return any(_same_params(t, params) for t in study.get_trials(deepcopy=False, states=(TrialState[state],)))
 
 
 def _wait_for(study: Any, params: dict[str, Any], poll: float = 1.0) -> None:
@@ -477,9 +479,7 @@ def _wait_for(study: Any, params: dict[str, Any], poll: float = 1.0) -> None:
     the caller then finds it queued and runs it."""
     import time
 
-    from optuna.trial import TrialState
-
-    while any(_same_params(t, params) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+    while _matching(study, params, "RUNNING"):
         time.sleep(poll)
         _recover_dead_trials(study)
 

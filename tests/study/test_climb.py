@@ -224,6 +224,41 @@ def test_a_neighbour_another_coordinator_runs_is_waited_for_not_run_twice(monkey
     assert run._climb(phase.study, phase.cfg, phase.setup, phase.plan, None, lambda line: None) is False
     assert waits == [1.0]
     assert ran == [{"batch_size": 32, "lr_position": 0.3, "norm": "batch"}]  # from batch 16's result on
-    at_16 = [t for t in phase.study.trials if t.params.get("batch_size") == 16
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
+    at_16 = [t for t in phase.study.get_trials(states=states) if t.params.get("batch_size") == 16
              or t.system_attrs.get("fixed_params", {}).get("batch_size") == 16]
     assert len(at_16) == 1 and at_16[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_climb_step_whose_earlier_copy_failed_is_queued_and_run_again(monkeypatch):
+    """A copy of the step that was interrupted (failed, not counted) does not block it: the climb queues it
+    again and runs it, without waiting and without looping."""
+    import time
+
+    import optuna
+
+    from batchtune.study import run
+
+    phase = _Phase()
+    phase.study.enqueue_trial({"batch_size": 16, "lr_position": 0.3, "norm": "batch"})
+    cut = phase.study.ask(phase.space)
+    cut.set_user_attr("result", {"status": "interrupted", "reason": "Ctrl-C", "samples": 100,
+                                 "effective_batch_size": 16})
+    phase.study.tell(cut, state=optuna.trial.TrialState.FAIL)
+
+    def sleep(seconds):
+        raise AssertionError("nothing runs elsewhere: no wait")
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    ran = []
+
+    def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None):
+        trial = study_.ask(phase.space)
+        ran.append(dict(trial.params))
+        phase.tell(trial)
+        return False
+
+    monkeypatch.setattr(run, "_run_trials", fake_run_trials)
+    assert run._climb(phase.study, phase.cfg, phase.setup, phase.plan, None, lambda line: None) is False
+    assert ran == [{"batch_size": 16, "lr_position": 0.3, "norm": "batch"},
+                   {"batch_size": 32, "lr_position": 0.3, "norm": "batch"}]
