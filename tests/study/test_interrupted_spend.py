@@ -100,3 +100,28 @@ def test_a_ctrl_c_between_a_candidate_s_seeds_counts_the_seed_that_finished():
     assert runs == [1000, 1001]
     assert study.user_attrs[measured.INTERRUPTED_KEY] == {"reruns": 4096}
     assert not study.user_attrs.get("candidates")  # the unfinished candidate is re-trained on resume
+
+
+def test_the_search_counts_the_recorded_interrupted_compute_in_its_budget():
+    """The phase that plans the budget reads the record: the interrupted samples are spent (the trials get
+    less) and stored with the budget for the report."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from batchtune.study import run
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(measured.INTERRUPTED_KEY, {"lr_range": 2_000, "speed": 500})
+    # No speed measurement and a fixed LR range: only the record and the reserves shape the budget.
+    cfg = SearchConfig(task_path="task.py", budget=30, epochs=1, probe=False, lr_min=1e-3, lr_max=1e-1)
+    setup = SimpleNamespace(sizes=(8, 16), norms=("batch",), train_size=1_000, family="sgd",
+                            task=SimpleNamespace(metric_mode="max"), device=torch.device("cpu"), left_out={})
+    plan, spend, _ = run._measure_before_trials(study, cfg, setup, SimpleNamespace(device="cpu"), lambda line: None)
+    assert spend.spent == {"lr_range": 2_000, "speed": 500}
+    stored = study.user_attrs["budget"]
+    assert stored["interrupted_trial_equivalents"] == {"lr_range": 2.0, "speed": 0.5}
+    assert stored["spent_samples"] == {"speed": 500, "lr_range": 2_000}
+    reserved = 4 * 2 * 1_000 + int(0.15 * 30_000)  # 4 candidates x 2 seeds, the climb's share
+    assert plan.trial_budget == 30_000 - 2_500 - reserved
