@@ -144,6 +144,22 @@ class _Phase:
                                        "effective_batch_size": b, "throughput": 1.0, "peak_memory_bytes": 1})
         self.study.tell(trial, self.metric[b])
 
+    def climb(self, monkeypatch: Any) -> list[dict]:
+        """The climb phase, each of its one-trial runs taken and told here; the parameters it ran, in order."""
+        from batchtune.study import run
+
+        ran = []
+
+        def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None):
+            trial = study_.ask(self.space)
+            ran.append(dict(trial.params))
+            self.tell(trial)
+            return False
+
+        monkeypatch.setattr(run, "_run_trials", fake_run_trials)
+        assert run._climb(self.study, self.cfg, self.setup, self.plan, None, lambda line: None) is False
+        return ran
+
 
 def test_the_climb_phase_queues_one_neighbour_at_a_time_within_its_share(monkeypatch):
     """The phase in run.py on a real (in-memory) study: each step is queued with its origin, runs, and the
@@ -199,7 +215,6 @@ def test_a_neighbour_another_coordinator_runs_is_waited_for_not_run_twice(monkey
 
     import optuna
 
-    from batchtune.study import run
 
     phase = _Phase()
     # The other coordinator queued batch 16 and its worker is training it.
@@ -212,16 +227,7 @@ def test_a_neighbour_another_coordinator_runs_is_waited_for_not_run_twice(monkey
         phase.tell(theirs)
 
     monkeypatch.setattr(time, "sleep", sleep)
-    ran = []
-
-    def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None):
-        trial = study_.ask(phase.space)
-        ran.append(dict(trial.params))
-        phase.tell(trial)
-        return False
-
-    monkeypatch.setattr(run, "_run_trials", fake_run_trials)
-    assert run._climb(phase.study, phase.cfg, phase.setup, phase.plan, None, lambda line: None) is False
+    ran = phase.climb(monkeypatch)
     assert waits == [1.0]
     assert ran == [{"batch_size": 32, "lr_position": 0.3, "norm": "batch"}]  # from batch 16's result on
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
@@ -237,7 +243,6 @@ def test_a_climb_step_whose_earlier_copy_failed_is_queued_and_run_again(monkeypa
 
     import optuna
 
-    from batchtune.study import run
 
     phase = _Phase()
     phase.study.enqueue_trial({"batch_size": 16, "lr_position": 0.3, "norm": "batch"})
@@ -250,15 +255,5 @@ def test_a_climb_step_whose_earlier_copy_failed_is_queued_and_run_again(monkeypa
         raise AssertionError("nothing runs elsewhere: no wait")
 
     monkeypatch.setattr(time, "sleep", sleep)
-    ran = []
-
-    def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None):
-        trial = study_.ask(phase.space)
-        ran.append(dict(trial.params))
-        phase.tell(trial)
-        return False
-
-    monkeypatch.setattr(run, "_run_trials", fake_run_trials)
-    assert run._climb(phase.study, phase.cfg, phase.setup, phase.plan, None, lambda line: None) is False
-    assert ran == [{"batch_size": 16, "lr_position": 0.3, "norm": "batch"},
-                   {"batch_size": 32, "lr_position": 0.3, "norm": "batch"}]
+    assert phase.climb(monkeypatch) == [{"batch_size": 16, "lr_position": 0.3, "norm": "batch"},
+                                        {"batch_size": 32, "lr_position": 0.3, "norm": "batch"}]
