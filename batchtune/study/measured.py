@@ -20,7 +20,7 @@ from batchtune.study.candidates import Candidate, choose, rerun_seeds
 from batchtune.study.cells import CellTable, measure_cells
 from batchtune.study.config import SearchConfig
 from batchtune.study.lr_range import STEPS as LR_STEPS
-from batchtune.study.lr_range import LrBounds, RangeTest, fit_bounds, sizes_to_test
+from batchtune.study.lr_range import WINDOW_BELOW, LrBounds, RangeTest, fit_bounds, sizes_to_test
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,43 @@ def rerun_candidates(study: Any, runner: Any, cfg: SearchConfig, *, trials: Any,
     return out
 
 
+# A wide seed spread points at instability only for an LR this close below the range test's loss minimum (the
+# ramp's loss turned up just above it); further below, seeds that disagree more often learn at different
+# speeds in a short budget, and a lower LR would not help.
+NEAR_MINIMUM = 3.0
+
+
+def _near_instability(c: Candidate, bounds: LrBounds | None) -> str | None:
+    """Why a lower LR may help a candidate whose seeds disagree, or None when its LR is far below where its
+    cell's range test found the loss turning up (there, a lower LR is no obvious fix)."""
+    window = bounds.windows.get(f"{c.batch_size}/{c.norm}") if isinstance(bounds, LrBounds) else None
+    if window is None:
+        return "seeds that disagree this much can mean training turns unstable near its LR (no range test to tell)"
+    minimum = window[0] * WINDOW_BELOW
+    if c.lr * NEAR_MINIMUM < minimum:
+        return None
+    return (f"its LR is within {NEAR_MINIMUM:g}x of the LR where its cell's range test found the loss turning up "
+            f"({minimum:.2g}): training may be turning unstable there")
+
+
+def _spread_warnings(candidates: list[Candidate], tolerance: Any, bounds: LrBounds | None) -> list[str]:
+    """One warning for the candidates whose seeds spread wider than the tolerance, and one per such candidate
+    whose LR sits near where training turns unstable, with the flags that search below it."""
+    wide = [c for c in candidates if c.spread is not None and c.mean is not None and c.spread > tolerance.limit(c.mean)]
+    if not wide:
+        return []
+    spreads = ", ".join(f"trial {c.trial} ±{c.spread:.2g}" for c in wide)
+    out = [f"{len(wide)} of {len(candidates)} candidate(s) vary between seeds by more than the {tolerance.describe()} "
+           f"tolerance ({spreads}): their ranking against each other is uncertain; raise --rerun-seeds to rank "
+           "them (or --epochs, if a short budget leaves some seeds still learning)"]
+    for c in wide:
+        why = _near_instability(c, bounds)
+        if why is not None:
+            out.append(f"trial {c.trial}'s seeds disagree and {why}; search below its LR (--lr-min {c.lr / 30:.2g} "
+                       f"--lr-max {c.lr:.2g})")
+    return out
+
+
 def weak_answer_warnings(trials: Any, candidates: list[Candidate], *, mode: str, tolerance: Any, chance: float | None,
                          bounds: LrBounds | None, rerun_seeds_: int) -> list[str]:
     """What makes this answer weak, each a sentence with what to do about it."""
@@ -239,14 +276,7 @@ def weak_answer_warnings(trials: Any, candidates: list[Candidate], *, mode: str,
             out.append(f"the best candidate's metric {best:.4g} is near chance ({chance:.4g}): nothing learned well "
                        "in this budget; raise --epochs, or check the task's data and loss")
     if tolerance is not None:
-        for c in candidates:
-            if c.spread is not None and c.mean is not None:
-                if c.spread > tolerance.limit(c.mean):
-                    out.append(f"trial {c.trial}'s configuration varies by ±{c.spread:.4g} between seeds, more than the "
-                               f"{tolerance.describe()} tolerance: its ranking against the others is uncertain, and "
-                               "seeds that disagree this much often mean its LR is near where training turns unstable; "
-                               f"raise --rerun-seeds, or search below its LR (--lr-min {c.lr / 30:.2g} --lr-max "
-                               f"{c.lr:.2g})")
+        out += _spread_warnings(candidates, tolerance, bounds)
     if rerun_seeds_ == 0:
         out.append("no re-runs (--rerun-seeds 0): the stated metric is one seed's best-of-many and over-states what "
                    "re-training gives")

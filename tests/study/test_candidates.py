@@ -101,9 +101,40 @@ def test_weak_answers_are_named():
     assert "top of its measured window" in text
     text = " ".join(weak_answer_warnings(TRIALS, noisy, mode="max", tolerance=Tolerance(0.01, "absolute"),
                                          chance=0.1, bounds=None, rerun_seeds_=0))
-    assert "varies by ±0.05 between seeds" in text and "no re-runs" in text
-    assert "--lr-min 0.00033 --lr-max 0.01" in text  # the way to search below an LR whose seeds disagree
+    assert "1 of 1 candidate(s) vary between seeds by more than the 1 percentage points tolerance (trial 0 ±0.05)" in text
+    assert "no re-runs" in text
+    assert "--lr-min 0.00033 --lr-max 0.01" in text  # no range test: the way to search below an LR whose seeds disagree
     assert "near chance" not in text and "only 4 trial(s)" in text
+
+
+def test_a_wide_seed_spread_points_below_the_lr_only_near_the_range_tests_loss_minimum():
+    """Seeds that disagree at an LR just under where the range test's loss turned up suggest instability: search
+    below. Far under it (a transformer trained 1 epoch at a thirtieth of it spread by ±4 points), a lower LR is
+    not the fix and the warning must not send the user there. Several noisy candidates make one warning, not
+    one each (a regression task's 1% tolerance is under every candidate's seed spread)."""
+    from batchtune.study.lr_range import WINDOW_BELOW, LrBounds
+    from batchtune.study.measured import weak_answer_warnings
+
+    minimum = 0.0128  # the cell's loss minimum in the range test
+    bounds = LrBounds(windows={"32/as-built": (minimum / WINDOW_BELOW, 2 * minimum)}, exponent=None, exponent_se=None,
+                      fallback=(1e-5, 0.1))
+
+    def noisy(trial: int, lr: float) -> Candidate:
+        return Candidate(trial=trial, batch_size=32, lr=lr, norm="as-built", precision="fp32", trial_metric=0.99,
+                         why="x", metrics=(0.98, 0.90), seeds=(1000, 1001))
+
+    quiet = Candidate(trial=7, batch_size=32, lr=0.001, norm="as-built", precision="fp32", trial_metric=0.99, why="x",
+                      metrics=(0.95, 0.951), seeds=(1000, 1001))
+    text = weak_answer_warnings(TRIALS, [noisy(4, 0.000428), noisy(5, 0.006), quiet], mode="max",
+                                tolerance=Tolerance(0.01, "absolute"), chance=0.25, bounds=bounds, rerun_seeds_=2)
+    spread = [w for w in text if "vary between seeds" in w]
+    assert spread == ["2 of 3 candidate(s) vary between seeds by more than the 1 percentage points tolerance "
+                      "(trial 4 ±0.04, trial 5 ±0.04): their ranking against each other is uncertain; raise "
+                      "--rerun-seeds to rank them (or --epochs, if a short budget leaves some seeds still learning)"]
+    below = [w for w in text if "search below" in w]
+    assert below == ["trial 5's seeds disagree and its LR is within 3x of the LR where its cell's range test found "
+                     "the loss turning up (0.013): training may be turning unstable there; search below its LR "
+                     "(--lr-min 0.0002 --lr-max 0.006)"]  # not trial 4: 30x below the minimum
 
 
 def test_a_gap_at_the_edge_of_the_tolerance_is_not_as_good_once_the_seeds_uncertainty_is_added():
