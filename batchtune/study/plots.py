@@ -4,8 +4,9 @@ Every plot marks the recommendation with a hollow black star (the point under it
 its near-equals (candidates within the tolerance of the best) with hollow black circles, and uses one
 colour per normalization, the same in the probe's plots (:func:`norm_colour`). The metric axes start
 where the decision is: around the cells' best results and the tolerance band, not at the worst
-outlier: at most ten tolerances below the best (trials off the axis are counted at its edge). Speed and memory axes start at zero,
-so a 10% difference looks like 10%.
+outlier: at most ten tolerances from the best (trials off the axis are counted at its edge), widened
+when needed so the recommendation and every candidate stay on it (a regression error's 1% tolerance
+is far under its seed spread). Speed and memory axes start at zero, so a 10% difference looks like 10%.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def _highlights(summary: dict[str, Any], trials: pd.DataFrame) -> tuple[set[tupl
     return {(int(b), str(n)) for b, n in zip(ok["batch_size"], ok["norm"])}, picked_trials, band
 
 
-def _focus_limits(values: list[float], band: Any, mode: str) -> tuple[float, float] | None:
-    """Y limits around the values that decide (cells' best results, candidates' means) and the band."""
+def _focus_limits(values: list[float], band: Any, mode: str, keep: list[float] = ()) -> tuple[float, float] | None:
+    """Y limits around the values that decide (cells' best results) and the band, widened to show every value
+    of ``keep`` (the recommendation and the candidates: never off the axis)."""
     vals = [float(v) for v in values if v is not None and pd.notna(v)]
     if band is not None:
         vals += list(band)
@@ -81,7 +83,15 @@ def _focus_limits(values: list[float], band: Any, mode: str) -> tuple[float, flo
         gap = band[1] - band[0]
         width = min(max(width, 3 * gap), 10 * gap)
     pad = 0.15 * width
-    return (high - width - pad, high + pad) if mode == "max" else (low - pad, low + width + pad)
+    limits = (high - width - pad, high + pad) if mode == "max" else (low - pad, low + width + pad)
+    shown = [float(v) for v in keep if v is not None and pd.notna(v)]
+    if not shown:
+        return limits
+    # A relative tolerance far under the seed noise (1% of a regression error) would otherwise leave the
+    # recommendation itself off the axis.
+    lo, hi = min(limits[0], min(shown)), max(limits[1], max(shown))
+    extra = 0.05 * (hi - lo)
+    return (lo - extra if lo < limits[0] else lo, hi + extra if hi > limits[1] else hi)
 
 
 def _clip_note(ax: Any, values: pd.Series, limits: tuple[float, float], colour_of: Any, xs: pd.Series) -> None:
@@ -128,6 +138,7 @@ def _metric_plot(plt: Any, ok: pd.DataFrame, summary: dict[str, Any], rec_trial:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     norms = sorted(ok["norm"].astype(str).unique())
     decide: list[float] = []
+    keep: list[float] = []  # on the axis whatever the tolerance: the candidates and the recommendation
     lines = []
     for norm in norms:
         g = ok[ok["norm"] == norm]
@@ -147,12 +158,14 @@ def _metric_plot(plt: Any, ok: pd.DataFrame, summary: dict[str, Any], rec_trial:
                     mec="black", mew=0.6, capsize=3, zorder=5, label=None if shown else "candidate: fresh-seed mean ± spread")
         shown = True
         decide.append(c["mean"])
+        keep += [c["mean"] - spread, c["mean"] + spread]
     # The recommendation's metric is its candidate's fresh-seed mean when there are candidates (drawn
     # beside the cell, at 1.06x), else its trial's own.
     at = 1.06 if cands else 1.0
     rec = summary.get("recommendation") or {}
     if rec:
         ax.scatter([rec["params"]["batch_size"] * at], [rec["metric"]], **REC_STYLE)
+        keep.append(rec["metric"])
     for b, n in near_cells:
         vals = [c["mean"] for c in cands if (int(c["params"]["batch_size"]), str(c["params"]["norm"])) == (b, n)
                 and c.get("mean") is not None]
@@ -162,8 +175,9 @@ def _metric_plot(plt: Any, ok: pd.DataFrame, summary: dict[str, Any], rec_trial:
         if vals:
             ax.scatter([b * at], [vals[0]], **NEAR_STYLE)
     if band is not None:
-        ax.axhspan(band[0], band[1], color="gray", alpha=0.12, label="tolerance below the best")
-    limits = _focus_limits(decide, band, mode)
+        ax.axhspan(band[0], band[1], color="gray", alpha=0.12,
+                   label=f"tolerance {'below' if mode == 'max' else 'above'} the best")
+    limits = _focus_limits(decide, band, mode, keep)
     for best, colour in lines:
         # A cell whose best is off the axis breaks its norm's line (its trials are marked on the edge),
         # instead of a segment diving to it through the cells that decide.
@@ -230,11 +244,12 @@ def _curves_plot(plt: Any, curves: pd.DataFrame, summary: dict[str, Any], rec_tr
     """Each trial's validation metric over the samples it saw, in its norm's colour; the recommended trial bold."""
     mode = summary.get("metric_mode", "max")
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    finals = []
+    finals, rec_final = [], []
     for trial, group in curves.groupby("trial"):
         g = group.sort_values("samples")
         colour = norm_colour(str(g["norm"].iloc[0]))
         if trial == rec_trial:
+            rec_final = [g["val_metric"].iloc[-1]]
             ax.plot(g["samples"], g["val_metric"], color="black", linewidth=4.2, zorder=4)
             ax.plot(g["samples"], g["val_metric"], color=colour, linewidth=2.4, zorder=5, marker=".")
             label = f"trial {trial}: b{int(g['batch_size'].iloc[0])} {g['norm'].iloc[0]}, lr {g['lr'].iloc[0]:.3g}"
@@ -250,7 +265,9 @@ def _curves_plot(plt: Any, curves: pd.DataFrame, summary: dict[str, Any], rec_tr
     decide = sorted(ends, reverse=(mode == "max"))[: max(3, len(ends) // 2)]  # the better half of the trials
     seen = curves["val_metric"].dropna()
     best_seen = [seen.max() if mode == "max" else seen.min()] if len(seen) else []
-    limits = _focus_limits(list(decide) + best_seen, band, mode)
+    # The axis label promises the better half's final values: they are kept on it even when the tolerance is
+    # far under their spread (a regression error's 1%), as is the recommended trial's.
+    limits = _focus_limits(list(decide) + best_seen, band, mode, keep=list(decide) + rec_final)
     if limits is not None:
         ax.set_ylim(*limits)
         by_trial = curves.groupby("trial")["val_metric"]

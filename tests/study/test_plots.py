@@ -76,3 +76,39 @@ def test_the_best_per_cell_line_breaks_at_a_cell_off_the_axis(tmp_path, monkeypa
     assert by_x[(16, 32, 64)] == [0.985, 0.978, 0.982]  # batch norm: every cell within the axis
     layer = by_x[(64,)]
     assert len(layer) == 1 and layer[0] != layer[0]  # NaN: the 0.40 cell is off the axis, not joined
+
+
+def test_a_tolerance_far_under_the_seed_noise_keeps_the_recommendation_and_candidates_on_the_axis(tmp_path, monkeypatch):
+    """A regression error (lower is better) gets a 1% relative tolerance, a tenth of its seed spread: framed on
+    ten tolerances alone, the axis left out the recommended star and every candidate (seen on an MSE task)."""
+    import matplotlib.axes
+
+    mse = trials().assign(metric=[0.0224, 0.9, 0.0297, 0.0249, 0.95, 0.0246, 0.031])
+    summary = {
+        "metric_mode": "min",
+        "recommendation": {"trial": 6, "params": {"batch_size": 64, "norm": "batch", "lr": 0.01}, "metric": 0.02554,
+                           "best_trial": 6, "best_metric": 0.02554, "tolerance": {"value": 0.01, "kind": "relative"}},
+        "candidates": [
+            {"trial": 6, "params": {"batch_size": 64, "norm": "batch", "lr": 0.01}, "mean": 0.02554, "spread": 0.0015},
+            {"trial": 2, "params": {"batch_size": 32, "norm": "group", "lr": 0.01}, "mean": 0.0361, "spread": 0.0006},
+        ],
+    }
+    limits, labels = [], []
+    real_ylim, real_span = matplotlib.axes.Axes.set_ylim, matplotlib.axes.Axes.axhspan
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylim", lambda self, *a, **k: (len(a) == 2 and limits.append(a)) or real_ylim(self, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhspan",
+                        lambda self, *a, **k: labels.append(k.get("label")) or real_span(self, *a, **k))
+    near, _, band = plots._highlights(summary, mse)
+    plots._metric_plot(plots._plt(), mse, summary, 6, near, band, tmp_path)
+    low, high = limits[-1]
+    assert low <= 0.0224 and high >= 0.0361 + 0.0006  # the best trial, the star and every candidate's bar
+    assert high < 0.9  # the diverged trials stay off the axis
+    assert labels == ["tolerance above the best"]  # lower is better: the band lies above the best
+
+    curves = pd.DataFrame([{"trial": t, "batch_size": 16, "norm": "batch", "lr": 0.01, "samples": s,
+                            "val_metric": final * (1 + 3 / s)} for t, final in ((6, 0.0255), (2, 0.036), (0, 0.05))
+                           for s in (1, 2, 3)])
+    limits.clear()
+    plots._curves_plot(plots._plt(), curves, summary, 6, set(), band, tmp_path)
+    low, high = limits[-1]
+    assert low <= 0.0255 and high >= 0.036  # the better half's finals, as the axis label says
