@@ -268,14 +268,17 @@ def _curves_plot(plt: Any, curves: pd.DataFrame, summary: dict[str, Any], rec_tr
     # The axis label promises the better half's final values: they are kept on it even when the tolerance is
     # far under their spread (a regression error's 1%), as is the recommended trial's.
     limits = _focus_limits(list(decide) + best_seen, band, mode, keep=list(decide) + rec_final)
+    visible = curves
     if limits is not None:
         ax.set_ylim(*limits)
         by_trial = curves.groupby("trial")["val_metric"]
-        hidden = int(((by_trial.max() < limits[0]) if mode == "max" else (by_trial.min() > limits[1])).sum())
+        off = (by_trial.max() < limits[0]) if mode == "max" else (by_trial.min() > limits[1])
+        hidden = int(off.sum())
         if hidden:
             ax.annotate(f"{hidden} trial(s) entirely off the axis", xy=(0.01, 0.02), xycoords="axes fraction",
                         fontsize=7, color="dimgray")
-    norms = sorted(curves["norm"].astype(str).unique())
+        visible = curves[~curves["trial"].isin(off[off].index)]
+    norms = sorted(visible["norm"].astype(str).unique())  # a norm with every curve off the axis is not listed
     for norm in norms:
         ax.plot([], [], color=norm_colour(norm), label=f"{norm} norm")
     ax.plot([], [], color="black", linewidth=3, label="recommended trial")

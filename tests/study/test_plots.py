@@ -112,3 +112,18 @@ def test_a_tolerance_far_under_the_seed_noise_keeps_the_recommendation_and_candi
     plots._curves_plot(plots._plt(), curves, summary, 6, set(), band, tmp_path)
     low, high = limits[-1]
     assert low <= 0.0255 and high >= 0.036  # the better half's finals, as the axis label says
+
+
+def test_the_learning_curves_legend_lists_only_norms_with_a_curve_on_the_axis(tmp_path, monkeypatch):
+    """Layer norm's only trial stays near chance, far below the decision: its colour is not in the legend."""
+    import matplotlib.axes
+
+    labels = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: labels.append(k.get("label")) or real_plot(self, *a, **k))
+    curves = pd.DataFrame([{"trial": t, "batch_size": 16, "norm": norm, "lr": 0.01, "samples": s, "val_metric": m}
+                           for t, norm, m in ((0, "batch", 0.985), (6, "batch", 0.982), (2, "group", 0.98),
+                                              (4, "layer", 0.40)) for s in (100, 200)])
+    plots._curves_plot(plots._plt(), curves, SUMMARY, 6, set(), (0.98, 0.985), tmp_path)
+    assert {"batch norm", "group norm"} <= set(labels) and "layer norm" not in labels
