@@ -39,6 +39,20 @@ WINDOW_ABOVE = 2.0
 # and the better start scored 0.27 points below the cell's best grid accuracy (1.58 with the draw).
 SUGGESTED_BELOW_MIN = 10.0
 BRACKET_BELOW_MIN = 30.0
+# A minimum is a signal only when the loss fell below the ramp's start, the plateau of its first steps (the
+# first 1.2 decades of LR, where nothing trains yet), by more than 2% and more than 3 standard deviations of
+# the smoothed loss there. A ramp too short for the model to learn at all wanders within that noise, and the
+# lowest wobble is no minimum: on a 1D CNN without BatchNorm it put the windows 1000x below the LRs that train.
+PLATEAU_STEPS = 10
+PLATEAU_DROP = 0.02
+PLATEAU_SDS = 3.0
+
+
+def no_signal_above(losses: Sequence[float]) -> float:
+    """The smoothed loss a ramp's minimum must fall below to count (see :data:`PLATEAU_STEPS`)."""
+    plateau = np.asarray(losses[:PLATEAU_STEPS], dtype=float)
+    level = float(np.median(plateau))
+    return level - max(PLATEAU_DROP * abs(level), PLATEAU_SDS * float(plateau.std(ddof=1)))
 
 
 @dataclass(frozen=True)
@@ -59,12 +73,13 @@ class RangeTest:
 
     @property
     def lr_at_min(self) -> float | None:
-        """The LR of the smoothed loss's minimum, if the loss fell at all (else None: no signal)."""
-        if self.error or len(self.losses) < 5:
+        """The LR of the smoothed loss's minimum, if the ramp lowered the loss beyond its start's noise (else
+        None: no signal, and the cell's window comes from other tests)."""
+        if self.error or len(self.losses) < PLATEAU_STEPS + 2:
             return None
         losses = np.asarray(self.losses)
         i = int(np.argmin(losses))
-        if losses[i] > 0.98 * losses[0]:  # the ramp never lowered the loss: nothing to read
+        if i < PLATEAU_STEPS or losses[i] > no_signal_above(losses):
             return None
         return float(self.lrs[i])
 
