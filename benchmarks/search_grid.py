@@ -54,11 +54,23 @@ EXAMPLES = {
     "digits_cnn": {"epochs": 6, "exponents": SGD_EXPONENTS, "chance": 0.1},
     # 1 epoch, the smaller of {1, 2} that does not saturate: checked on seed 1000, 1 epoch gave
     # 0.79-0.98 over six cells, 2 epochs gave 0.99-1.0 on three of four (see "epochs_note").
+    # Held out: written after the search's constants were last set (2026-12-01) and never tuned on. A 1D CNN
+    # with BatchNorm1d and no `norm` argument (batchtune converts it), default SGD, 3 epochs: the smaller of
+    # {3, 6} that does not saturate (seed 1000, b32 BatchNorm lr 0.03: 0.768 at 3 epochs, 0.730 at 6).
+    # Its grid's best cell (0.7635 on 2 seeds) re-trained at 0.714 on 6 fresh seeds: the re-check reaches
+    # 5 points below the best, not 2, to hold the cells that are truly near it.
+    "heldout_waveforms": {"epochs": 3, "exponents": SGD_EXPONENTS, "chance": 0.25, "recheck_within": 0.05},
     "tiny_transformer": {"epochs": 1, "exponents": ADAMW_EXPONENTS, "chance": 0.25,
                          "epochs_note": "seed 1000, 1 epoch: b32 lr1e-3 0.978, b32 3.16e-3 0.969, b128 3.16e-3 0.951, "
                                         "b8 1e-3 0.982, b256 1e-2 0.790, b64 3.16e-4 0.873; 2 epochs: b32 1e-3 0.992, "
                                         "b8 1e-3 1.000, b128 3.16e-3 0.998, b64 3.16e-4 0.965"},
 }
+
+
+def task_path(example: str) -> Path:
+    """The task file of a bundled example (examples/) or of a held-out task (benchmarks/tasks/)."""
+    held_out = ROOT / "benchmarks" / "tasks" / f"{example}.py"
+    return held_out if held_out.exists() else ROOT / "examples" / f"{example}.py"
 
 
 def lr_grid(exponents: tuple[float, ...]) -> list[float]:
@@ -97,22 +109,24 @@ def train_and_append(task: object, path: Path, runs: list[tuple[int, float, str,
 
 
 def recheck_example(example: str, shard: tuple[int, int]) -> None:
-    """Re-train the cells within :data:`RECHECK_WITHIN` of the grid's best on :data:`RECHECK_SEEDS`."""
+    """Re-train the cells within :data:`RECHECK_WITHIN` (or the example's ``recheck_within``) of the grid's best on
+    :data:`RECHECK_SEEDS`."""
     import pandas as pd
 
     settings = EXAMPLES[example]
     csv_path, _ = grid_paths(example)
     grid = pd.read_csv(csv_path)
     cells = grid.groupby(["batch_size", "lr", "norm"], as_index=False)["metric"].mean()
-    top = cells[cells["metric"] >= cells["metric"].max() - RECHECK_WITHIN].sort_values("metric", ascending=False)
+    within = settings.get("recheck_within", RECHECK_WITHIN)
+    top = cells[cells["metric"] >= cells["metric"].max() - within].sort_values("metric", ascending=False)
     k, n = shard
     chosen = [(int(r.batch_size), float(r.lr), str(r.norm)) for r in top.itertuples()][k::n]
     path = recheck_path(example)
     done = done_keys(path)
     todo = [(b, lr, norm, s) for b, lr, norm in chosen for s in RECHECK_SEEDS if key(b, lr, norm, s) not in done]
-    print(f"{example}: re-checking {len(chosen)} of {len(top)} cells within {RECHECK_WITHIN:g} of the grid's best "
+    print(f"{example}: re-checking {len(chosen)} of {len(top)} cells within {within:g} of the grid's best "
           f"(shard {k}/{n}) on seeds {RECHECK_SEEDS}: {len(todo)} runs to go", flush=True)
-    task = load_task(ROOT / "examples" / f"{example}.py")
+    task = load_task(task_path(example))
     train_and_append(task, path, todo, settings["epochs"], settings["chance"], f"{example} recheck")
 
 
@@ -140,7 +154,7 @@ def append_row(path: Path, row: dict[str, object]) -> None:
 
 def run_example(example: str, force: bool) -> int:
     settings = EXAMPLES[example]
-    task = load_task(ROOT / "examples" / f"{example}.py")
+    task = load_task(task_path(example))
     norms, _ = search_norms(task, None)
     lrs = lr_grid(settings["exponents"])
     cells = [(b, lr, n, s) for n in norms for b in BATCH_SIZES for lr in lrs for s in SEEDS]
