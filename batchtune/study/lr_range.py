@@ -39,20 +39,20 @@ WINDOW_ABOVE = 2.0
 # and the better start scored 0.27 points below the cell's best grid accuracy (1.58 with the draw).
 SUGGESTED_BELOW_MIN = 10.0
 BRACKET_BELOW_MIN = 30.0
-# A minimum is a signal only when the loss fell below the ramp's start, the plateau of its first steps (the
-# first 1.2 decades of LR, where nothing trains yet), by more than 2% and more than 3 standard deviations of
-# the smoothed loss there. A ramp too short for the model to learn at all wanders within that noise, and the
-# lowest wobble is no minimum: on a 1D CNN without BatchNorm it put the windows 1000x below the LRs that train.
+# A minimum is a signal only when it comes after the ramp's start, the plateau of its first 10 steps (the
+# first 1.2 decades of LR, where nothing trains yet), and lies more than 2% below the plateau's level: the
+# median of its steps 3 to 9 (the debiased average's first steps are single batches' losses). A ramp too
+# short for the model to learn at all wanders around that level, and its lowest wobble is no minimum: on a
+# 1D CNN without BatchNorm it put the windows 1000x below the LRs that train it.
 PLATEAU_STEPS = 10
+PLATEAU_FROM = 3
 PLATEAU_DROP = 0.02
-PLATEAU_SDS = 3.0
 
 
 def no_signal_above(losses: Sequence[float]) -> float:
     """The smoothed loss a ramp's minimum must fall below to count (see :data:`PLATEAU_STEPS`)."""
-    plateau = np.asarray(losses[:PLATEAU_STEPS], dtype=float)
-    level = float(np.median(plateau))
-    return level - max(PLATEAU_DROP * abs(level), PLATEAU_SDS * float(plateau.std(ddof=1)))
+    level = float(np.median(np.asarray(losses[PLATEAU_FROM:PLATEAU_STEPS], dtype=float)))
+    return level - PLATEAU_DROP * abs(level)
 
 
 @dataclass(frozen=True)
