@@ -431,11 +431,13 @@ def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
         stored = study.user_attrs.get("cells")
         step = climb.next_step(frame, CellTable.from_dict(stored) if stored else None, sizes=plan.sizes,
                                norms=setup.norms, precisions=cfg.precisions, lr_param=plan.lr_param,
-                               mode=setup.task.metric_mode, close=close, unfit=frozenset(plan.unfit))
+                               mode=setup.task.metric_mode, close=close, unfit=frozenset(plan.unfit),
+                               bounds=plan.lr_bounds)
         if step is None:
             return False
         if not announced:
-            say("climbing to faster cells: trials at faster neighbours of the best, at the same LR position")
+            say("climbing to faster cells: trials at faster neighbours of the best (a larger batch at the same LR, "
+                "then at the same position in its LR window)")
             announced = True
         # Another coordinator of the study may have reached the same neighbour (it read the same trials):
         # wait for the result of the trial it runs, or run the one it queued, instead of a second copy. (A

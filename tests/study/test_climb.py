@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import pytest
 
 from batchtune.study.cells import Cell, CellTable
 from batchtune.study.climb import next_step
@@ -59,6 +61,41 @@ def test_a_neighbour_close_to_the_best_is_climbed_from_and_one_that_is_not_ends_
     both = frame(base + [(2, "ok", True, 32, 0.02, 0.4, "batch", "fp32", 0.90),
                          (3, "pruned", True, 32, 0.05, 0.9, "none", "fp32", None)])
     assert step(both).params == {"batch_size": 16, "lr_position": 0.4, "norm": "none"}
+
+
+def test_a_larger_batch_is_tried_at_the_anchors_own_lr_then_at_its_window_position():
+    """The range tests' minima need not scale like the best LR (on the tiny transformer they move the other
+    way): a larger batch is tried first at the anchor's own LR, converted to a position in the larger cell's
+    window, and at the carried position only when that lost. Another norm keeps the window position."""
+    from batchtune.study.lr_range import LrBounds
+
+    # Windows that grow 4x per doubling of the batch; trial 0 ran batch 16 at lr 0.01, position 0.4.
+    bounds = LrBounds(windows={"16/batch": (0.001, 0.1), "32/batch": (0.004, 0.4), "64/batch": (0.016, 1.6),
+                               "16/none": (0.001, 0.1), "32/none": (0.004, 0.4)},
+                      exponent=2.0, exponent_se=None, fallback=(0.001, 1.6))
+    base = [(0, "ok", True, 16, 0.01, 0.5, "batch", "fp32", 0.98)]
+    first = step(frame(base), bounds=bounds)
+    own = round(math.log(0.01 / 0.004) / math.log(100), 4)  # lr 0.01 in batch 32's window
+    assert first.params == {"batch_size": 32, "lr_position": own, "norm": "batch"}
+    assert "its own LR 0.01" in first.why
+    # It lost: the same cell again, at the position the range tests carry (lr 0.04).
+    lost = frame(base + [(1, "ok", True, 32, 0.01, own, "batch", "fp32", 0.90)])
+    assert step(lost, bounds=bounds).params == {"batch_size": 32, "lr_position": 0.5, "norm": "batch"}
+    # It held: no second LR in that cell; the climb goes on from it, to batch 64 at its own LR (below that
+    # cell's window: its low end).
+    held = frame(base + [(1, "ok", True, 32, 0.01, own, "batch", "fp32", 0.975)])
+    nxt = step(held, bounds=bounds)
+    assert nxt.anchor == 1 and nxt.params == {"batch_size": 64, "lr_position": 0.0, "norm": "batch"}
+    # Another norm at the same batch size keeps the window position (the range tests measured how its LR
+    # differs): with batch 32 lost at both LRs, from trial 0 "none" at batch 16 at position 0.5, not at lr 0.01.
+    other = frame(base + [(1, "ok", True, 32, 0.01, own, "batch", "fp32", 0.90),
+                          (2, "ok", True, 32, 0.04, 0.5, "batch", "fp32", 0.90),
+                          (3, "ok", True, 16, 0.03, 0.74, "none", "fp32", 0.975),
+                          (4, "ok", True, 32, 0.03, 0.4375, "none", "fp32", 0.90),
+                          (5, "ok", True, 32, 0.12, 0.74, "none", "fp32", 0.90)])
+    last = step(other, bounds=bounds)
+    assert last.anchor == 0 and last.params == {"batch_size": 16, "lr_position": 0.5, "norm": "none"}
+    assert last.why.endswith("at the same LR position")
 
 
 def test_a_norm_with_no_trial_close_to_the_best_is_not_climbed_to():
@@ -192,8 +229,8 @@ def test_the_climb_phase_queues_one_neighbour_at_a_time_within_its_share(monkeyp
                    {"batch_size": 32, "lr_position": 0.3, "norm": "batch"}]
     climbed = [t for t in study.trials if t.user_attrs.get("origin") == "climb"]
     assert [t.user_attrs["climb"] for t in climbed] == [
-        "faster than trial 1: the next batch size of batch norm, the same LR position",
-        "faster than trial 2: the next batch size of batch norm, the same LR position"]
+        "faster than trial 1: the next batch size of batch norm, at the same LR position",
+        "faster than trial 2: the next batch size of batch norm, at the same LR position"]
     # A climb whose queued trial does not run (the time limit passed) ends instead of queueing it again.
     monkeypatch.setattr(run, "_run_trials", lambda *args, **kwargs: False)
     plan_more = TrialPlan(**{**plan.__dict__, "climb_samples": 10 * full})
