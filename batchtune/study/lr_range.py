@@ -79,7 +79,7 @@ class RangeTest:
             return None
         losses = np.asarray(self.losses)
         i = int(np.argmin(losses))
-        if i < PLATEAU_STEPS or losses[i] > no_signal_above(losses):
+        if i < PLATEAU_STEPS or losses[i] > no_signal_above(self.losses):
             return None
         return float(self.lrs[i])
 

@@ -12,6 +12,7 @@ is far under its seed spread). Speed and memory axes start at zero, so a 10% dif
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -67,7 +68,7 @@ def _highlights(summary: dict[str, Any], trials: pd.DataFrame) -> tuple[set[tupl
     return {(int(b), str(n)) for b, n in zip(ok["batch_size"], ok["norm"])}, picked_trials, band
 
 
-def _focus_limits(values: list[float], band: Any, mode: str, keep: list[float] = ()) -> tuple[float, float] | None:
+def _focus_limits(values: list[float], band: Any, mode: str, keep: Sequence[float] = ()) -> tuple[float, float] | None:
     """Y limits around the values that decide (cells' best results) and the band, widened to show every value
     of ``keep`` (the recommendation and the candidates: never off the axis)."""
     vals = [float(v) for v in values if v is not None and pd.notna(v)]

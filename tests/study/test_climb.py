@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import pytest
 
 from batchtune.study.cells import Cell, CellTable
 from batchtune.study.climb import next_step
