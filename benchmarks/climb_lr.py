@@ -30,11 +30,10 @@ import pandas as pd
 import torch
 
 from batchtune.study.budget import judgeable_sizes
-from batchtune.study.lr_range import RangeTest, fit_bounds, range_test, sizes_to_test
 from batchtune.task.contract import load_task, make_dataset, optimizer_family, search_norms
 from search_grid import EXAMPLES as GRIDS  # benchmarks/ is on the path when run as a script
 from search_grid import task_path
-from start_lr import SIZES, best_lr, grid_metric
+from start_lr import SIZES, best_lr, grid_metric, measured_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data"
@@ -56,14 +55,7 @@ def run(example: str, seeds: int) -> list[dict]:
     grid = pd.read_csv(DATA / f"grid_{example}.csv")
     rows = []
     for seed in range(seeds):
-        tests = []
-        for norm in norms:
-            for b in sizes_to_test(sizes):
-                out = range_test(task, train, val, batch_size=b, norm=norm, precision="fp32", device="cpu", seed=seed,
-                                 family=family)
-                tests.append(RangeTest(batch_size=b, norm=norm, lrs=tuple(out["lrs"]), losses=tuple(out["losses"]),
-                                       samples=int(out["samples"]), error=out.get("error")))
-        bounds = fit_bounds(tests, sizes, norms, family)
+        bounds = measured_bounds(task, (train, val), sizes, norms, family, seed)
         for norm in norms:
             if not any(k.endswith(f"/{norm}") for k in bounds.windows):
                 continue  # no range-test signal for this norm: the fallback window, no scaling to carry

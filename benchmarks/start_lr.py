@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from batchtune.study.budget import judgeable_sizes
-from batchtune.study.lr_range import RangeTest, fit_bounds, range_test, sizes_to_test, start_design
+from batchtune.study.lr_range import LrBounds, RangeTest, fit_bounds, range_test, sizes_to_test, start_design
 from batchtune.task.contract import load_task, make_dataset, optimizer_family, search_norms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,20 @@ def best_lr(cell: pd.DataFrame) -> float:
     return float(means.idxmax())
 
 
+def measured_bounds(task: Any, sets: tuple[Any, Any], sizes: list[int], norms: list[str], family: str,
+                    seed: int) -> LrBounds:
+    """The windows a search with ``seed`` would sample in: its range tests (smallest, middle and largest size of
+    each norm, 50 steps, on the CPU), fitted over ``sizes``."""
+    tests = []
+    for norm in norms:
+        for b in sizes_to_test(sizes):
+            out = range_test(task, *sets, batch_size=b, norm=norm, precision="fp32", device="cpu", seed=seed,
+                             family=family)
+            tests.append(RangeTest(batch_size=b, norm=norm, lrs=tuple(out["lrs"]), losses=tuple(out["losses"]),
+                                   samples=int(out["samples"]), error=out.get("error")))
+    return fit_bounds(tests, sizes, norms, family)
+
+
 def run(example: str, seeds: int) -> list[dict]:
     torch.set_num_threads(1)
     task = load_task(ROOT / "examples" / f"{example}.py")
@@ -64,14 +79,7 @@ def run(example: str, seeds: int) -> list[dict]:
     grid = pd.read_csv(DATA / f"grid_{example}.csv")
     rows = []
     for seed in range(seeds):
-        tests = []
-        for norm in norms:
-            for b in sizes_to_test(sizes):
-                out = range_test(task, train, val, batch_size=b, norm=norm, precision="fp32", device="cpu", seed=seed,
-                                 family=family)
-                tests.append(RangeTest(batch_size=b, norm=norm, lrs=tuple(out["lrs"]), losses=tuple(out["losses"]),
-                                       samples=int(out["samples"]), error=out.get("error")))
-        bounds = fit_bounds(tests, sizes, norms, family)
+        bounds = measured_bounds(task, (train, val), sizes, norms, family, seed)
         design = start_design(bounds, sizes, norms, bracket=True)
         for norm in norms:
             points = [d for d in design if d["norm"] == norm]
