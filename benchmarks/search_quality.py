@@ -384,7 +384,7 @@ def render(rows: list[dict[str, Any]], header: str) -> str:
     lines.append("'TPE a/b' judges the plain TPE script's pick by criteria (a) and (b) itself (a diagnostic).")
     lines.append("")
     lines.append("'re-checked best' and the two columns after it judge (a) and (b) again against the grid's cells "
-                 "within 2 points (held-out waveforms: 5) of its best re-trained on {RECHECK_SEEDS} further seeds "
+                 f"within 2 points (held-out waveforms: 5) of its best re-trained on {RECHECK_SEEDS} further seeds "
                  "(search_grid.py --recheck): the grid's best is a maximum of many 2-seed means, biased up. The "
                  "verdict of issue 12 is the 'verdict' column.")
     lines.append("")

@@ -11,8 +11,8 @@ is far under its seed spread). Speed and memory axes start at zero, so a 10% dif
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
