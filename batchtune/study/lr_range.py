@@ -39,20 +39,21 @@ WINDOW_ABOVE = 2.0
 # and the better start scored 0.27 points below the cell's best grid accuracy (1.58 with the draw).
 SUGGESTED_BELOW_MIN = 10.0
 BRACKET_BELOW_MIN = 30.0
-# A minimum is a signal only when it comes after the ramp's start, the plateau of its first 10 steps (the
-# first 1.2 decades of LR, where nothing trains yet), and lies more than 2% below the plateau's level: the
-# median of its steps 3 to 9 (the debiased average's first steps are single batches' losses). A ramp too
-# short for the model to learn at all wanders around that level, and its lowest wobble is no minimum: on a
-# 1D CNN without BatchNorm it put the windows 1000x below the LRs that train it.
-PLATEAU_STEPS = 10
-PLATEAU_FROM = 3
+# A minimum is a signal only when it comes after the ramp's start, the plateau of its first 1.2 decades of
+# LR (10 of 50 steps; fewer when the budget shortens the ramp), where nothing trains yet, and lies more than
+# 2% below the plateau's level: the median of its last two thirds (the debiased average's first steps are
+# single batches' losses). A ramp too short for the model to learn at all wanders around that level, and its
+# lowest wobble is no minimum: on a 1D CNN without BatchNorm it put the windows 1000x below the LRs that
+# train it.
+PLATEAU_DECADES = 1.2
 PLATEAU_DROP = 0.02
 
 
-def no_signal_above(losses: Sequence[float]) -> float:
-    """The smoothed loss a ramp's minimum must fall below to count (see :data:`PLATEAU_STEPS`)."""
-    level = float(np.median(np.asarray(losses[PLATEAU_FROM:PLATEAU_STEPS], dtype=float)))
-    return level - PLATEAU_DROP * abs(level)
+def plateau(lrs: Sequence[float], losses: Sequence[float]) -> tuple[int, float]:
+    """The number of steps in a ramp's starting plateau (see :data:`PLATEAU_DECADES`, at least one) and its level."""
+    steps = max(1, sum(1 for lr in lrs if math.log10(lr / lrs[0]) < PLATEAU_DECADES - 1e-9))
+    start = np.asarray(losses[:steps], dtype=float)
+    return steps, float(np.median(start[steps // 3:]))
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,12 @@ class RangeTest:
     def lr_at_min(self) -> float | None:
         """The LR of the smoothed loss's minimum, if the ramp lowered the loss beyond its start's noise (else
         None: no signal, and the cell's window comes from other tests)."""
-        if self.error or len(self.losses) < PLATEAU_STEPS + 2:
+        if self.error or len(self.losses) < 5:
             return None
         losses = np.asarray(self.losses)
         i = int(np.argmin(losses))
-        if i < PLATEAU_STEPS or losses[i] > no_signal_above(self.losses):
+        steps, level = plateau(self.lrs, self.losses)
+        if i < steps or losses[i] > level - PLATEAU_DROP * abs(level):
             return None
         return float(self.lrs[i])
 

@@ -82,6 +82,12 @@ def test_a_ramp_that_never_leaves_the_noise_of_its_start_has_no_minimum():
              0.896, 0.872, 0.884, 0.953, 1.21, 1.21, 1.36, 1.31, 1.25, 1.3, 1.71, 2.92, 3.71)
     regression = RangeTest(batch_size=32, norm="none", lrs=lrs[:len(falls)], losses=falls, samples=32 * len(falls))
     assert regression.lr_at_min == pytest.approx(lrs[32])
+    # A ramp the budget cut to 15 steps (0.43 decades each) has a plateau of 3 steps, not 10: its minimum at
+    # step 9 (lr 0.0072) counts.
+    short = tuple(1e-5 * 1e6 ** (i / 14) for i in range(15))
+    curve = (1.40, 1.39, 1.40, 1.40, 1.39, 1.37, 1.30, 1.15, 0.95, 0.80, 0.95, 1.60, 3.5)
+    assert RangeTest(batch_size=8, norm="batch", lrs=short[:13], losses=curve, samples=104).lr_at_min == \
+        pytest.approx(short[9])
 
 
 def test_untested_sizes_are_interpolated_in_log_log_and_flat_beyond():
