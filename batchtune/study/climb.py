@@ -128,6 +128,7 @@ def next_step(
     norm_best = {n: max(float(m) * sign for m in g["metric"]) for n, g in done.groupby("norm")}
     close_norms = set(frontier["norm"].astype(str))
     ordered = sorted(frontier.iterrows(), key=lambda ir: (-speed(cell_key(ir[1])), -sign * float(ir[1]["metric"])))
+    held = {cell_key(row) for _, row in ordered}  # cells with a trial close to the best
     for _, anchor in ordered:
         value = _lr_value(anchor, lr_param)
         if value is None:
@@ -149,7 +150,7 @@ def next_step(
                     # The anchor's own LR first; the carried position only once that lost (no trial of the
                     # larger cell came close to the best).
                     lrs.insert(0, (at_own, f"its own LR {own:.3g}"))
-                    if k in {cell_key(r) for _, r in frontier.iterrows()}:
+                    if k in held:
                         lrs = lrs[:1]
             for lr_value, how in lrs:
                 if any(_same_lr(lr_value, v, lr_param) for v in tried.get(k, [])):
