@@ -187,6 +187,27 @@ def make_runner(cfg: SearchConfig, device: Any, gpus: list[int], slot: int, thre
     return runner
 
 
+class WorkerPool:
+    """The search's worker processes, one per slot, started when a phase first needs it and kept from phase
+    to phase (speed, LR range tests, the trials, each climb step, the re-runs): the task file is imported,
+    its datasets built and, on CUDA, a context made once per slot rather than once per phase. A worker
+    that dies is replaced by its runner at the next trial. The search closes the pool when it ends."""
+
+    def __init__(self, cfg: SearchConfig, device: Any, gpus: list[int], threads: int) -> None:
+        self._make = lambda slot: make_runner(cfg, device, gpus, slot, threads)
+        self._runners: list[Any] = []
+
+    def take(self, count: int) -> list[Any]:
+        """The runners of slots 0 .. count-1, made on first use."""
+        while len(self._runners) < count:
+            self._runners.append(self._make(len(self._runners)))
+        return self._runners[:count]
+
+    def close(self) -> None:
+        for runner in self._runners:
+            runner.close()
+
+
 def run_workers(
     study: Any,
     cfg: SearchConfig,
@@ -200,14 +221,17 @@ def run_workers(
     progress: Progress,
     on_event: Callable[[TrialEvent], None] | None,
     on_update: Callable[[TrialUpdate], None] | None = None,
+    pool: WorkerPool | None = None,
 ) -> tuple[bool, list[BaseException]]:
     """Run ``workers`` worker threads until the study has ``cfg.total_trials`` counted trials.
 
-    Returns whether a Ctrl-C interrupted them, and the errors the threads raised.
+    Their processes come from ``pool`` and stay open for the next phase; without a pool they are made
+    here and closed on return. Returns whether a Ctrl-C interrupted them, and the errors the threads raised.
     """
     stop = threading.Event()
     deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
-    runners = [make_runner(cfg, device, gpus, i, threads) for i in range(workers)]
+    runners = pool.take(workers) if pool is not None else [make_runner(cfg, device, gpus, i, threads)
+                                                           for i in range(workers)]
     errors: list[BaseException] = []
     finished = [threading.Event() for _ in runners]
 
@@ -238,8 +262,9 @@ def run_workers(
         for e in finished:
             e.wait(timeout=30)
     finally:
-        for r in runners:
-            r.close()
+        if pool is None:
+            for r in runners:
+                r.close()
     return interrupted, errors
 
 

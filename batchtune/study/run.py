@@ -27,8 +27,8 @@ from batchtune.study.coordinator import (
     Progress,
     TrialEvent,
     TrialUpdate,
+    WorkerPool,
     gpu_ids,
-    make_runner,
     reap_dead_local_trials,
     reap_stale_trials,
     run_workers,
@@ -141,15 +141,13 @@ def _search(
         cfg = replace(cfg, eval_every=max(0.25, min(1.0, cfg.budget_samples / setup.train_size / 9)))
     study = open_study(cfg, _directions(cfg, setup.task.metric_mode))
     check_resume(study, fingerprint(cfg, metric_mode=setup.task.metric_mode, optimizer_family=setup.family))
-    runner = None
+    # One worker process per slot for every phase: the first measures speed and LR windows, then runs
+    # trials, climb steps and re-runs (no idle process beside the trials holding memory or, on CUDA, a
+    # second context on the GPU they measure; the task's datasets are built once).
+    pool = WorkerPool(cfg, setup.device, setup.gpus, setup.threads)
     try:
         if cfg.objective == "metric":
-            runner = make_runner(cfg, setup.device, setup.gpus, 0, setup.threads)
-            plan, spend, warnings = _measure_before_trials(study, cfg, setup, runner, say)
-            # The trials run in their own workers: no idle process beside them holding memory (on CUDA,
-            # a second context on the GPU the trials measure). The re-runs start a fresh one.
-            runner.close()
-            runner = None
+            plan, spend, warnings = _measure_before_trials(study, cfg, setup, pool.take(1)[0], say)
         else:
             say("probing which batch sizes fit" if cfg.probe else "planning the trials")
             plan, spend, warnings = _plan_sizes(study, cfg, setup, out_dir), None, []
@@ -171,19 +169,17 @@ def _search(
                       "trial_samples": plan.trial_samples, "doctor": doctor})
         if spend is not None:
             plan = replace(plan, start=_start_design(cfg, setup, plan))
-        interrupted = _run_trials(study, cfg, setup, plan, on_event, on_update)
+        interrupted = _run_trials(study, cfg, setup, plan, on_event, on_update, pool)
         if spend is not None and not interrupted:
-            interrupted = _climb(study, cfg, setup, plan, on_event, say, on_update)
+            interrupted = _climb(study, cfg, setup, plan, on_event, say, on_update, pool)
             if not interrupted and plan.climb_samples and plan.trial_budget is not None:
                 # What the climb left unspent goes back to the sampler (its trials count the climb's).
                 rest = replace(plan, trial_budget=plan.trial_budget + plan.climb_samples, climb_samples=0)
-                interrupted = _run_trials(study, cfg, setup, rest, on_event, on_update)
+                interrupted = _run_trials(study, cfg, setup, rest, on_event, on_update, pool)
         if spend is not None and not interrupted:
-            runner = make_runner(cfg, setup.device, setup.gpus, 0, setup.threads)
-            _rerun_and_account(study, cfg, setup, plan, runner, spend, warnings, say)
+            _rerun_and_account(study, cfg, setup, plan, pool.take(1)[0], spend, warnings, say)
     finally:
-        if runner is not None:
-            runner.close()
+        pool.close()
     result = load_result(study, setup.url, cfg)
     if cfg.noise and not interrupted:
         from batchtune.noise.report import noise_for_search
@@ -409,7 +405,7 @@ def _start_design(cfg: SearchConfig, setup: _Setup, plan: TrialPlan) -> tuple[di
 
 def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
            on_event: Callable[[TrialEvent], None] | None, say: Callable[[str], None],
-           on_update: Callable[[TrialUpdate], None] | None = None) -> bool:
+           on_update: Callable[[TrialUpdate], None] | None = None, pool: WorkerPool | None = None) -> bool:
     """Phase 5b of the default search: one trial at a time at the next faster neighbour of the trials close
     to the best (:mod:`batchtune.study.climb`), within the climb's share of the budget; returns whether
     Ctrl-C stopped it."""
@@ -454,7 +450,7 @@ def _climb(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan,
         budget = None if plan.trial_budget is None else plan.trial_budget + plan.climb_samples
         # One worker: two threads of this process asking for one queued trial race in Optuna's storage.
         if _run_trials(study, replace(cfg, trials=counted + 1), replace(setup, workers=1),
-                       replace(plan, trial_budget=budget, climb_samples=0), on_event, on_update):
+                       replace(plan, trial_budget=budget, climb_samples=0), on_event, on_update, pool):
             return True
         if sum(counts(t) for t in study.get_trials(deepcopy=False)) <= counted:
             return False  # the queued trial did not run (the time limit or the budget): the climb ends here
@@ -558,7 +554,7 @@ def _recover_dead_trials(study: Any) -> None:
 
 def _run_trials(
     study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan, on_event: Callable[[TrialEvent], None] | None,
-    on_update: Callable[[TrialUpdate], None] | None = None,
+    on_update: Callable[[TrialUpdate], None] | None = None, pool: WorkerPool | None = None,
 ) -> bool:
     """Phase 5: the workers run trials until the study has its total; returns whether Ctrl-C stopped them."""
     progress = Progress(cfg.total_trials, setup.task.metric_mode)
@@ -567,7 +563,7 @@ def _run_trials(
             progress.update(t.user_attrs["result"].get("final_metric"))
     interrupted, errors = run_workers(
         study, cfg, setup.device, plan, setup.norms, workers=setup.workers, gpus=setup.gpus, threads=setup.threads,
-        progress=progress, on_event=on_event, on_update=on_update,
+        progress=progress, on_event=on_event, on_update=on_update, pool=pool,
     )
     if errors and not interrupted:
         err = errors[0]

@@ -186,7 +186,7 @@ class _Phase:
 
         ran = []
 
-        def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None):
+        def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None, pool=None):
             trial = study_.ask(self.space)
             ran.append(dict(trial.params))
             self.tell(trial)
@@ -214,7 +214,7 @@ def test_the_climb_phase_queues_one_neighbour_at_a_time_within_its_share(monkeyp
 
     ran = []
 
-    def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None):
+    def fake_run_trials(study_, cfg_, setup_, plan_, on_event, on_update=None, pool=None):
         assert setup_.workers == 1  # one thread takes the one queued trial
         trial = study_.ask(space)
         ran.append(dict(trial.params))

@@ -18,27 +18,30 @@ def summary_of(workdir, study="tiny_mlp"):
 
 
 def test_default_search_measures_prunes_reruns_and_states_the_fresh_seeds_mean(cli, tasks, workdir, monkeypatch):
-    from batchtune.study import run
+    from batchtune.study import coordinator, run
 
-    # The speed and LR phases' worker is closed before the trials (on CUDA it would hold a second
-    # context on the GPU the trials measure); the re-runs start their own.
-    made, seen = [], []
-    real_make, real_trials = run.make_runner, run._run_trials
+    # One worker process serves every phase (speed, LR tests, trials, climb steps, re-runs): the task file
+    # is imported and its datasets built once, and no idle second process sits beside the trials (on CUDA
+    # it would hold a second context on the GPU they measure). It is closed when the search ends.
+    made, pids = [], []
+    real_make, real_trials = coordinator.make_runner, run._run_trials
 
     def make(*args, **kwargs):
         made.append(real_make(*args, **kwargs))
         return made[-1]
 
     def trials(*args, **kwargs):
-        seen.append([r.alive() for r in made])
-        return real_trials(*args, **kwargs)
+        out = real_trials(*args, **kwargs)
+        pids.append([r.pid for r in made if r.alive()])
+        return out
 
-    monkeypatch.setattr(run, "make_runner", make)
+    monkeypatch.setattr(coordinator, "make_runner", make)
     monkeypatch.setattr(run, "_run_trials", trials)
     result = cli("search", tasks / "tiny_mlp.py", "--budget", "12", *FAST)
     assert result.exit_code == 0, result.output
-    assert seen and len(made) == 2 and not any(any(alive) for alive in seen)
-    assert not any(r.alive() for r in made)
+    assert len(made) == 1 and len(pids) >= 2  # the sampled trials and at least one climb step
+    assert all(p == [made[0].pid] for p in pids)  # the same process, alive from phase to phase
+    assert not made[0].alive()
     for phase in ("speed and memory", "LR range tests", "re-training"):
         assert phase in result.stderr
     s = summary_of(workdir)
