@@ -230,22 +230,28 @@ def rerun_candidates(study: Any, runner: Any, cfg: SearchConfig, *, trials: Any,
 NEAR_MINIMUM = 3.0
 
 
-def _near_instability(c: Candidate, bounds: LrBounds | None) -> str | None:
-    """Why a lower LR may help a candidate whose seeds disagree, or None when its LR is far below where its
-    cell's range test found the loss turning up (there, a lower LR is no obvious fix)."""
+def _near_instability(c: Candidate, bounds: LrBounds | None) -> float | None:
+    """The range test's loss-minimum LR of a candidate's cell when its LR is within ``NEAR_MINIMUM``x below it
+    (a lower LR may help seeds that disagree there); 0.0 when no range test measured its cell (nothing to tell
+    instability from slow learning); None when its LR is far below the minimum (a lower LR is no obvious fix)."""
     window = bounds.windows.get(f"{c.batch_size}/{c.norm}") if isinstance(bounds, LrBounds) else None
     if window is None:
-        return "seeds that disagree this much can mean training turns unstable near its LR (no range test to tell)"
+        return 0.0
     minimum = window[0] * WINDOW_BELOW
-    if c.lr * NEAR_MINIMUM < minimum:
-        return None
-    return (f"its LR is within {NEAR_MINIMUM:g}x of the LR where its cell's range test found the loss turning up "
-            f"({minimum:.2g}): training may be turning unstable there")
+    return None if c.lr * NEAR_MINIMUM < minimum else minimum
+
+
+def _names(trials: list[int]) -> str:
+    """"trial 3", "trials 3 and 5", "trials 1, 3 and 5"."""
+    if len(trials) == 1:
+        return f"trial {trials[0]}"
+    return f"trials {', '.join(map(str, trials[:-1]))} and {trials[-1]}"
 
 
 def _spread_warnings(candidates: list[Candidate], tolerance: Any, bounds: LrBounds | None) -> list[str]:
-    """One warning for the candidates whose seeds spread wider than the tolerance, and one per such candidate
-    whose LR sits near where training turns unstable, with the flags that search below it."""
+    """One warning for the candidates whose seeds spread wider than the tolerance, and one for those of them
+    whose LR sits near where training turns unstable (one more for those no range test measured), with the
+    flags that search below their LRs."""
     wide = [c for c in candidates if c.spread is not None and c.mean is not None and c.spread > tolerance.limit(c.mean)]
     if not wide:
         return []
@@ -253,11 +259,23 @@ def _spread_warnings(candidates: list[Candidate], tolerance: Any, bounds: LrBoun
     out = [f"{len(wide)} of {len(candidates)} candidate(s) vary between seeds by more than the {tolerance.describe()} "
            f"tolerance ({spreads}): their ranking against each other is uncertain; raise --rerun-seeds to rank "
            "them (or --epochs, if a short budget leaves some seeds still learning)"]
-    for c in wide:
-        why = _near_instability(c, bounds)
-        if why is not None:
-            out.append(f"trial {c.trial}'s seeds disagree and {why}; search below its LR (--lr-min {c.lr / 30:.2g} "
-                       f"--lr-max {c.lr:.2g})")
+    near = [(c, m) for c in wide if (m := _near_instability(c, bounds))]
+    blind = [c for c in wide if _near_instability(c, bounds) == 0.0]
+    for group, why in (([c for c, _ in near], None), (blind, "no range test to tell")):
+        if not group:
+            continue
+        one = len(group) == 1
+        flags = f"--lr-min {min(c.lr for c in group) / 30:.2g} --lr-max {max(c.lr for c in group):.2g}"
+        if why is None:
+            minima = ", ".join(f"{m:.2g}" for _, m in near)
+            whose = "its LR is within {x}x of the LR where its cell's range test" if one else \
+                "their LRs are within {x}x of the LRs where their cells' range tests"
+            why = f"{whose.format(x=f'{NEAR_MINIMUM:g}')} found the loss turning up ({minima}): training may be turning unstable there"
+        else:
+            why = f"seeds that disagree this much can mean training turns unstable near the LR ({why})"
+        trials = _names([c.trial for c in group])
+        out.append(f"{trials}'s seeds disagree and {why}; search below {'its LR' if one else 'their LRs'} "
+                   f"({flags})")
     return out
 
 

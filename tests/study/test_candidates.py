@@ -135,6 +135,14 @@ def test_a_wide_seed_spread_points_below_the_lr_only_near_the_range_tests_loss_m
     assert below == ["trial 5's seeds disagree and its LR is within 3x of the LR where its cell's range test found "
                      "the loss turning up (0.013): training may be turning unstable there; search below its LR "
                      "(--lr-min 0.0002 --lr-max 0.006)"]  # not trial 4: 30x below the minimum
+    # Without range tests nothing tells instability from slow learning: one warning names them all, with one
+    # range below every one of their LRs (it was a warning each, four alike on a search with --lr-min/--lr-max).
+    text = weak_answer_warnings(TRIALS, [noisy(4, 0.000428), noisy(5, 0.006), noisy(6, 0.003), quiet], mode="max",
+                                tolerance=Tolerance(0.01, "absolute"), chance=0.25, bounds=None, rerun_seeds_=2)
+    below = [w for w in text if "search below" in w]
+    assert below == ["trials 4, 5 and 6's seeds disagree and seeds that disagree this much can mean training turns "
+                     "unstable near the LR (no range test to tell); search below their LRs (--lr-min 1.4e-05 "
+                     "--lr-max 0.006)"]
 
 
 def test_a_gap_at_the_edge_of_the_tolerance_is_not_as_good_once_the_seeds_uncertainty_is_added():
