@@ -181,7 +181,12 @@ def render_result(result: Any, as_json: bool) -> None:
         _wrapped(f"warning: {warning}")
     if summary.get("candidates"):
         click.echo("")
-        click.echo("Candidates re-trained on fresh seeds:")
+        from batchtune.study.candidates import retrained
+
+        if retrained(summary["candidates"]):
+            click.echo("Candidates re-trained on fresh seeds:")
+        else:
+            click.echo("Candidates, not re-trained (--rerun-seeds 0: each figure is its trial's own seed):")
         for c in summary["candidates"]:
             q = c["params"]
             mean = f"{c['mean']:.4g}" if c.get("mean") is not None else "failed"

@@ -124,5 +124,11 @@ def choose(trials: pd.DataFrame, *, mode: str, close: float, speed: dict[tuple[i
     return picked
 
 
+def retrained(candidates: list[dict[str, Any]]) -> bool:
+    """Whether stored candidates were re-trained on fresh seeds (with --rerun-seeds 0 each keeps its trial's seed:
+    no samples trained, no failed seed)."""
+    return any(c.get("samples") or any(m is None for m in c.get("metrics") or []) for c in candidates)
+
+
 def rerun_seeds(seed: int, count: int = SEEDS) -> tuple[int, ...]:
     return tuple(seed + SEED_OFFSET + i for i in range(count))

@@ -181,12 +181,22 @@ def measured_section(s: dict[str, Any]) -> list[str]:
         lines += ["## Warnings: where this answer is weak", ""] + [f"- {w}" for w in warnings] + [""]
     candidates = s.get("candidates") or []
     if candidates:
+        from batchtune.study.candidates import retrained
+
         lines += [
             "## Candidates re-trained on fresh seeds",
             "",
             "The best trials were picked for their one seed, which over-states what they give; each candidate was "
             "re-trained on seeds no trial used, and the recommendation states their mean.",
             "",
+        ] if retrained(candidates) else [
+            "## Candidates, not re-trained",
+            "",
+            "--rerun-seeds 0: each figure is its trial's own seed, picked because it scored best, so it over-states "
+            "what re-training the configuration gives.",
+            "",
+        ]
+        lines += [
             pd.DataFrame([{
                 "trial": c["trial"], "batch": c["params"]["batch_size"], "lr": f"{c['params']['lr']:.3g}",
                 "norm": c["params"]["norm"], "why": c["why"], "trial's seed": _fmt(c["trial_metric"]),

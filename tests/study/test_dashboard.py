@@ -60,6 +60,10 @@ def test_dashboard_shows_named_objective_learning_curves_and_readable_figures(cl
     result = cli("search", tasks / "tiny_mlp.py", "--budget", "4", "--epochs", "1", "--threads", "1", "--no-plots",
                  "--no-doctor", "--no-probe", "--rerun-seeds", "0", "--norms", "batch,none")
     assert result.exit_code == 0, result.output
+    # Nothing was re-trained, and neither the terminal nor the report says it was.
+    assert "Candidates, not re-trained (--rerun-seeds 0" in result.output and "re-trained on fresh" not in result.output
+    report = (workdir / "reports" / "tiny_mlp" / "report.md").read_text()
+    assert "## Candidates, not re-trained" in report and "re-trained on fresh seeds" not in report
     import optuna
 
     stored_trials = {t.number: t for t in optuna.load_study(study_name="tiny_mlp",
