@@ -21,7 +21,9 @@ from batchtune.study.results import status
 from batchtune.task.contract import load_task, make_dataset
 from batchtune.trial.train import TrialSpec, run_trial
 
-FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--lr-rule", "none", "--batch-sizes", "16", "--lr-min", "0.01", "--lr-max", "0.1"]
+# One candidate on one fresh seed: the re-runs are exercised, not the 4 x 2 default (no test here asserts on them).
+FAST = ["--epochs", "1", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--lr-rule", "none", "--batch-sizes", "16",
+        "--lr-min", "0.01", "--lr-max", "0.1", "--candidates", "1", "--rerun-seeds", "1"]
 
 
 QUICK = ["--epochs", "0.2", "--threads", "1", "--no-plots", "--no-probe", "--no-doctor", "--batch-sizes", "16,32"]
