@@ -23,7 +23,10 @@ least 0.9, and how often both hold (what issue 12's criteria (a) and (b) ask of 
 - ``mean``: the gap of the means within the tolerance, no margin;
 - ``best``: always the best mean (no trade for speed).
 
-No timing: the load does not matter. 20 s on 2 CPU cores.
+A second table replays the shipped rule without and with racing (``batchtune.study.measured.RACE`` more
+seeds, on the best mean and the fastest candidate the seeds leave open), on the held-out task too.
+
+No timing: the load does not matter. 40 s on 2 CPU cores.
 
     python benchmarks/decision_rule.py [--draws 4000] [--candidates 4]
 """
@@ -133,6 +136,52 @@ def replay(cells: list[dict], rule: Callable[..., bool], draws: int, k: int, see
             "speed share": sum(ratio) / draws, "speed >= 0.9": fast / draws, "both": both / draws}
 
 
+def replay_race(cells: list[dict], race: int, draws: int, k: int, seed: int) -> dict[str, float]:
+    """The shipped rule after racing (``batchtune.study.measured.rerun_candidates``): while ``race`` seeds are
+    left and ``recommend.undecided`` names a best mean and a faster rival the seeds leave open, one more seed
+    each. Each candidate's 6 seeds are shuffled: 2 are its fresh seeds, the next 2 its race seeds, the last 2
+    its truth (for every row of this table alike, so that rows with and without racing are judged on the same
+    seeds, paired draw by draw)."""
+    rng = random.Random(seed)
+    bootstrap = cells_module.compare
+    cells_module.compare = exact_compare
+    tol = Tolerance(TOL, "absolute")
+    try:
+        within, fast, both, raced = 0, 0, 0, 0
+        for _ in range(draws):
+            drawn = rng.sample(cells, min(k, len(cells)))
+            orders = [rng.sample(range(len(d["seeds"])), len(d["seeds"])) for d in drawn]
+            used = [o[:2] for o in orders]
+
+            def candidates() -> list[Candidate]:
+                return [Candidate(trial=i, batch_size=d["batch"], lr=d["lr"], norm=d["norm"], precision="fp32",
+                                  trial_metric=0.0, why="x", metrics=tuple(d["seeds"][j] for j in u),
+                                  seeds=tuple(range(len(u)))) for i, (d, u) in enumerate(zip(drawn, used))]
+
+            left = race
+            while left >= 2:
+                pair = recommend.undecided(candidates(), table(drawn), mode="max", tolerance=tol)
+                if pair is None:
+                    break
+                raced += left == race
+                for c in pair:
+                    used[c.trial] = orders[c.trial][:len(used[c.trial]) + 1]
+                left -= 2
+            rec = recommend.recommend_measured(candidates(), table(drawn), EMPTY, mode="max", tolerance=tol)
+            truth = [sum(d["seeds"][j] for j in o[4:]) / len(o[4:]) for d, o in zip(drawn, orders)]
+            top = max(truth)
+            good_speed = max(d["speed"] for d, t in zip(drawn, truth) if t >= top - TOL)
+            ok_a = top - truth[rec.trial] <= TOL + 1e-12
+            ok_b = drawn[rec.trial]["speed"] >= 0.9 * good_speed
+            within += ok_a
+            fast += ok_b
+            both += ok_a and ok_b
+    finally:
+        cells_module.compare = bootstrap
+    return {"raced": raced / draws, "within 1 point": within / draws, "speed >= 0.9": fast / draws,
+            "both": both / draws}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=4000)
@@ -146,6 +195,18 @@ def main() -> None:
                          **replay(cells, rule, args.draws, args.candidates, seed=0)})
     print(f"# the recommendation rule replayed on re-checked seeds: {args.draws} draws of {args.candidates} "
           "candidates x 2 of their 6 seeds per example\n")
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
+    from batchtune.study.measured import RACE
+
+    rows = []
+    for example in (*EXAMPLES, "heldout_waveforms"):
+        cells = cells_of(example)
+        for race in (0, RACE):
+            rows.append({"example": example, "cells": len(cells), "race seeds": race,
+                         **replay_race(cells, race, args.draws, args.candidates, seed=0)})
+    print(f"\n# racing: the shipped rule without and with {RACE} race seeds (one more seed each for the best mean and "
+          "the fastest rival the seeds leave open), each candidate's 6 seeds shuffled into 2 fresh, 2 for the race "
+          "and 2 as its truth; 'raced' is the share of draws that raced\n")
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
 
 

@@ -302,28 +302,11 @@ def recommend_measured(
        wins, but only when it is faster beyond the timing noise (its interval of the speed ratio lies
        above 1 + the tie band); when the speeds can't be told apart, the better mean wins.
     """
-    from batchtune.study.cells import compare, describe
-
     measured = [c for c in candidates if c.mean is not None]
     if not measured:
         return None
     tol = tolerance or default_tolerance(pd.Series([c.mean for c in measured] + list(trials["metric"].dropna())), mode)
-    sign = 1.0 if mode == "max" else -1.0
-    best = max(measured, key=lambda c: sign * c.mean)
-    sd = pooled_seed_sd(measured)
-    good = [c for c in measured if _as_good(c, best, tol, mode, sd)]
-
-    def cell(c: Any) -> Any:
-        return cells.get(c.batch_size, c.norm, c.precision) if cells is not None else None
-
-    pick, speed_text = best, None
-    for c in sorted(good, key=lambda c: -(cell(c).throughput or 0.0) if cell(c) is not None else 0.0):
-        if c is best or cell(c) is None or cell(best) is None:
-            continue
-        cmp = compare(cell(c), cell(best))
-        if cmp is not None and cmp.faster:
-            pick, speed_text = c, describe(cmp)
-            break
+    best, pick, good, sd, speed_text, cell = _decide(measured, cells, mode, tol)
     row = trials[trials["trial"] == pick.trial]
     pick_cell = cell(pick)
     throughput = (pick_cell.throughput if pick_cell is not None and pick_cell.throughput else
@@ -341,6 +324,63 @@ def recommend_measured(
         lr_advice=lr_advice(pick.batch_size, pick.lr, current_batch_size, optimizer_family),
         objective="metric",
     )
+
+
+def _decide(measured: list[Any], cells: Any, mode: str, tol: Tolerance) -> tuple[Any, Any, list[Any], float | None,
+                                                                              str | None, Callable[[Any], Any]]:
+    """Steps 2 and 3 of :func:`recommend_measured`: (best, pick, the as-good candidates, the pooled seed deviation,
+    the pick's speed comparison in words, the candidate-to-cell lookup)."""
+    from batchtune.study.cells import compare, describe
+
+    sign = 1.0 if mode == "max" else -1.0
+    best = max(measured, key=lambda c: sign * c.mean)
+    sd = pooled_seed_sd(measured)
+    good = [c for c in measured if _as_good(c, best, tol, mode, sd)]
+
+    def cell(c: Any) -> Any:
+        return cells.get(c.batch_size, c.norm, c.precision) if cells is not None else None
+
+    pick, speed_text = best, None
+    for c in sorted(good, key=lambda c: -(cell(c).throughput or 0.0) if cell(c) is not None else 0.0):
+        if c is best or cell(c) is None or cell(best) is None:
+            continue
+        cmp = compare(cell(c), cell(best))
+        if cmp is not None and cmp.faster:
+            pick, speed_text = c, describe(cmp)
+            break
+    return best, pick, good, sd, speed_text, cell
+
+
+def undecided(candidates: list[Any], cells: Any, *, mode: str, tolerance: Tolerance) -> tuple[Any, Any] | None:
+    """(the best mean, the fastest rival) when the seeds leave the recommendation open: a candidate faster than
+    the pick whose mean is inside the tolerance of the best, but not by more than the gap's standard error.
+    More seeds on these two decide it (racing: Maron and Moore 1994). None when nothing is open."""
+    measured = [c for c in candidates if c.mean is not None]
+    if len(measured) < 2:
+        return None
+    best, pick, good, sd, _, cell = _decide(measured, cells, mode, tolerance)
+    open_ = _open(pick, best, measured, good, tolerance, mode, cell)
+    if not open_:
+        return None
+    def speed(c: Any) -> float:
+        return (cell(c).throughput or 0.0) if cell(c) is not None else 0.0
+
+    return best, max(open_, key=speed)
+
+
+def _open(pick: Any, best: Any, measured: list[Any], good: list[Any], tol: Tolerance, mode: str,
+          cell: Callable[[Any], Any]) -> list[Any]:
+    """The candidates faster than the pick that are inside the tolerance by their means, not by the error."""
+    limit = tol.limit(best.mean)
+
+    def faster(c: Any) -> bool:
+        mine, theirs = cell(pick), cell(c)
+        if mine is None or theirs is None or not mine.throughput or not theirs.throughput:
+            return True  # no speeds to tell: name it
+        return bool(theirs.throughput > mine.throughput)
+
+    return [c for c in measured if c is not best and c is not pick and c not in good and faster(c)
+            and ((best.mean - c.mean) if mode == "max" else (c.mean - best.mean)) <= limit + 1e-12]
 
 
 def pooled_seed_sd(candidates: list[Any]) -> float | None:
@@ -393,16 +433,7 @@ def _unresolved_text(pick: Any, best: Any, measured: list[Any], good: list[Any],
                      sd: float | None, cell: Callable[[Any], Any]) -> str:
     """The candidates faster than the pick that are inside the tolerance by their means, but not by more than
     the gap's standard error: more seeds would tell whether they are as good (said, not ranked)."""
-    limit = tol.limit(best.mean)
-
-    def faster(c: Any) -> bool:
-        mine, theirs = cell(pick), cell(c)
-        if mine is None or theirs is None or not mine.throughput or not theirs.throughput:
-            return True  # no speeds to tell: name it
-        return bool(theirs.throughput > mine.throughput)
-
-    close = [c for c in measured if c is not best and c is not pick and c not in good and faster(c)
-             and ((best.mean - c.mean) if mode == "max" else (c.mean - best.mean)) <= limit + 1e-12]
+    close = _open(pick, best, measured, good, tol, mode, cell)
     if not close:
         return ""
     gaps = sorted(abs(best.mean - c.mean) for c in close)

@@ -315,8 +315,9 @@ def _measure_before_trials(
         spend.add("lr_range", lr_samples)
         plan = replace(plan, lr_bounds=bounds)
     count, seeds = measured.reserve_reruns(cfg, budget)
+    race = measured.reserve_race(budget, count, seeds)
     climb_samples = measured.reserve_climb(budget)
-    reserved = count * seeds * full + climb_samples
+    reserved = (count * seeds + race) * full + climb_samples
     from batchtune.study.pruning import BatchStratifiedHalving
 
     # Rungs at 1/9 and 1/3 of a trial (reduction factor 3), each trial against its own batch size.
@@ -326,7 +327,8 @@ def _measure_before_trials(
                    unfit=unfit, climb_samples=climb_samples)
     interrupted = {p: round(budget.equivalents(v), 3)
                    for p, v in (study.user_attrs.get(measured.INTERRUPTED_KEY) or {}).items()}
-    study.set_user_attr("budget", {**spend.to_dict(), "reserved_reruns": {"candidates": count, "seeds": seeds},
+    study.set_user_attr("budget", {**spend.to_dict(), "reserved_reruns": {"candidates": count, "seeds": seeds,
+                                                                            "race": race},
                                    "left_out": {str(b): why for b, why in setup.left_out.items()},
                                    "interrupted_trial_equivalents": interrupted})
     return plan, spend, warnings
@@ -349,6 +351,7 @@ def _rerun_and_account(
     stored_cells = study.user_attrs.get("cells")
     cells = CellTable.from_dict(stored_cells) if stored_cells else None
     count, seeds = measured.reserve_reruns(cfg, spend.budget)
+    race = measured.reserve_race(spend.budget, count, seeds)
 
     fixed = replace(plan, lr_bounds=None, rule="none")  # the candidate's LR as it is, no window or rule
 
@@ -357,7 +360,8 @@ def _rerun_and_account(
         return trial_spec(params, replace(cfg, seed=seed), fixed, runner.device, setup.threads)[0]
 
     candidates = measured.rerun_candidates(study, runner, cfg, trials=trials, cells=cells, mode=mode, count=count,
-                                           seeds=seeds, spec_for=spec_for, close=close, on_phase=say)
+                                           seeds=seeds, spec_for=spec_for, close=close, on_phase=say, race=race,
+                                           tolerance=tol)
     spend.add("reruns", sum(c.samples for c in candidates))
     bounds = plan.lr_bounds
     warnings += measured.weak_answer_warnings(trials, candidates, mode=mode, tolerance=tol, chance=setup.chance,

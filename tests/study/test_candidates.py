@@ -220,3 +220,46 @@ def test_the_reason_states_the_pooled_seed_spread_not_the_pick_s_own():
     assert "±0.028 (standard error)" in rec.reason
     alone = recommend_measured([candidate(0, 16, 0.985)], None, TRIALS, mode="max", tolerance=Tolerance(0.01, "absolute"))
     assert "varies by 0.0014" in alone.reason  # one candidate: its own two seeds are all there is
+
+
+def test_racing_gives_one_more_seed_each_to_the_best_and_the_faster_rival_the_seeds_leave_open():
+    """Two seeds put the faster batch 128 0.6 points below batch 16, inside the 1-point tolerance by the means
+    but not by more than the gap's standard error: the seeds can't tell. The race trains a third seed on both,
+    which decides it (batch 128 is as good, and wins on speed), and stops there with race seeds left."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from batchtune.study import measured
+    from batchtune.study.config import SearchConfig
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seeds = {16: {1000: 0.990, 1001: 0.980, 1002: 0.985}, 128: {1000: 0.984, 1001: 0.974, 1002: 0.985}}
+    frame = trials([(0, "ok", True, 16, 0.01, "batch", "fp32", 0.99, 900.0, 10),
+                    (1, "ok", True, 128, 0.1, "batch", "fp32", 0.985, 5000.0, 20)])
+    cells = table(speed_cell(16, [[1.0]] * 4), speed_cell(128, [[2.0]] * 4))  # 128 is 4x faster per sample
+    tol = Tolerance(0.01, "absolute")
+
+    def search(race):
+        runs = []
+
+        class Runner:
+            def run(self, spec, timeout=None):
+                runs.append(spec)
+                return SimpleNamespace(samples=100, status="ok", final_metric=seeds[spec[0]][spec[1]], reason=None)
+
+        study = optuna.create_study(direction="maximize")
+        out = measured.rerun_candidates(study, Runner(), SearchConfig(task_path="task.py"), trials=frame, cells=cells,
+                                        mode="max", count=2, seeds=2, spec_for=lambda c, seed: (c.batch_size, seed),
+                                        close=0.02, race=race, tolerance=tol)
+        assert [Candidate.from_dict(c) for c in study.user_attrs["candidates"]] == out  # stored as they finish
+        return runs, out, recommend_measured(out, cells, frame, mode="max", tolerance=tol)
+
+    runs, out, rec = search(race=0)
+    assert runs == [(16, 1000), (16, 1001), (128, 1000), (128, 1001)]
+    assert rec.trial == 0 and "the seeds can't tell" in rec.reason
+    runs, out, rec = search(race=4)
+    assert runs[4:] == [(16, 1002), (128, 1002)]  # one round decided it: the second is not run
+    assert [c.seeds for c in out] == [(1000, 1001, 1002)] * 2 and [c.samples for c in out] == [300, 300]
+    assert rec.trial == 1 and rec.metric == pytest.approx((0.984 + 0.974 + 0.985) / 3)
+    assert "over 3 fresh seed(s)" in rec.reason

@@ -123,5 +123,5 @@ def test_the_search_counts_the_recorded_interrupted_compute_in_its_budget():
     stored = study.user_attrs["budget"]
     assert stored["interrupted_trial_equivalents"] == {"lr_range": 2.0, "speed": 0.5}
     assert stored["spent_samples"] == {"speed": 500, "lr_range": 2_000}
-    reserved = 4 * 2 * 1_000 + int(0.15 * 30_000)  # 4 candidates x 2 seeds, the climb's share
+    reserved = (4 * 2 + 2) * 1_000 + int(0.15 * 30_000)  # 4 candidates x 2 seeds, 2 race seeds, the climb's share
     assert plan.trial_budget == 30_000 - 2_500 - reserved
