@@ -359,13 +359,13 @@ def undecided(candidates: list[Any], cells: Any, *, mode: str, tolerance: Tolera
     if len(measured) < 2:
         return None
     best, pick, good, sd, _, cell = _decide(measured, cells, mode, tolerance)
-    open_ = _open(pick, best, measured, good, tolerance, mode, cell)
-    if not open_:
-        return None
+
     def speed(c: Any) -> float:
         return (cell(c).throughput or 0.0) if cell(c) is not None else 0.0
 
-    return best, max(open_, key=speed)
+    # Only a rival measured faster is worth seeds: without cell speeds the best mean is the pick anyway.
+    open_ = [c for c in _open(pick, best, measured, good, tolerance, mode, cell) if speed(c) > speed(pick) > 0]
+    return (best, max(open_, key=speed)) if open_ else None
 
 
 def _open(pick: Any, best: Any, measured: list[Any], good: list[Any], tol: Tolerance, mode: str,

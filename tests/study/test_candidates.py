@@ -263,3 +263,22 @@ def test_racing_gives_one_more_seed_each_to_the_best_and_the_faster_rival_the_se
     assert [c.seeds for c in out] == [(1000, 1001, 1002)] * 2 and [c.samples for c in out] == [300, 300]
     assert rec.trial == 1 and rec.metric == pytest.approx((0.984 + 0.974 + 0.985) / 3)
     assert "over 3 fresh seed(s)" in rec.reason
+
+
+def test_nothing_to_race_without_cell_speeds_or_when_the_seeds_decided():
+    from dataclasses import replace
+
+    from batchtune.study.recommend import undecided
+
+    tol = Tolerance(0.01, "absolute")
+    best = Candidate(trial=0, batch_size=16, lr=0.01, norm="batch", precision="fp32", trial_metric=0.99, why="x",
+                     metrics=(0.990, 0.980), seeds=(1000, 1001))
+    rival = Candidate(trial=1, batch_size=128, lr=0.1, norm="batch", precision="fp32", trial_metric=0.99, why="x",
+                      metrics=(0.984, 0.974), seeds=(1000, 1001))
+    cells = table(speed_cell(16, [[1.0]] * 4), speed_cell(128, [[2.0]] * 4))
+    assert undecided([best, rival], cells, mode="max", tolerance=tol) == (best, rival)
+    assert undecided([best, rival], None, mode="max", tolerance=tol) is None  # no speed to win by
+    slow = table(speed_cell(16, [[1.0]] * 4), speed_cell(128, [[20.0]] * 4))  # 128 at 6,400/s, 16 at 16,000/s
+    assert undecided([rival, best], slow, mode="max", tolerance=tol) is None  # the best mean is the pick either way
+    far = replace(rival, metrics=(0.96, 0.95))
+    assert undecided([best, far], cells, mode="max", tolerance=tol) is None  # outside the tolerance by its mean
