@@ -446,7 +446,7 @@ def _unresolved_text(pick: Any, best: Any, measured: list[Any], good: list[Any],
 
 
 def _seeds_text(c: Any) -> str:
-    spread = f" ± {c.spread:.4g}" if c.spread is not None else ""
+    spread = f" ± {c.spread:.2g}" if c.spread is not None else ""
     return f"{c.mean:.4g}{spread} over {len(c.finished)} fresh seed(s)"
 
 
