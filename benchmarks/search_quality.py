@@ -187,10 +187,11 @@ def run_search(example: str, epochs: float, budget: int, timeout: float,
         path = Path(tmp) / "reports" / study / "summary.json"
         if not path.exists():
             return None, f"search wrote no {path.name}"
-        rec = json.loads(path.read_text()).get("recommendation")
+        summary = json.loads(path.read_text())
+        rec = summary.get("recommendation")
         if not rec:
             return None, "search made no recommendation"
-        return rec, ""
+        return {**rec, "candidates": summary.get("candidates") or []}, ""
 
 
 def run_tpe(task: Task, meta: dict[str, Any], budget: int, sets: tuple[Any, Any]) -> dict[str, Any]:
@@ -286,9 +287,18 @@ def judge(example: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             row["re-trained (seeds)"] = f"{bt_mean:.4f} ({', '.join(f'{v:.4f}' for v in values[:len(RETRAIN_SEEDS)])})"
             row["rec, 6 fresh seeds"] = f"{m6:.4f} ± {se6:.4f}, (a) {_pair_pass_rate(values, best['mean'] - TOLERANCE):.0%}"
             row["stated"] = f"{rec['metric']:.4f}"
+            # The candidates with more fresh seeds than the others were raced (batchtune.study.measured.RACE).
+            counts = [len(c.get("seeds") or []) for c in rec["candidates"]]
+            raced = [c for c, n in zip(rec["candidates"], counts) if counts and n > min(counts)]
+            row["raced"] = ", ".join(f"trial {c['trial']}" for c in raced) or "no"
             print(f"  batchtune (search seed {seed}): {row['batchtune rec']} stated {rec['metric']:.4f}, re-trained "
                   f"{row['re-trained (seeds)']}; over 6 seeds {m6:.4f} ± {se6:.4f} ({', '.join(f'{v:.4f}' for v in values)})",
                   flush=True)
+            for c, n in zip(rec["candidates"], counts):
+                q = c["params"]
+                print(f"    candidate trial {c['trial']} b{q['batch_size']} lr{q['lr']:.3g} {q['norm']} ({c['why']}): "
+                      f"{c['mean'] if c['mean'] is None else round(c['mean'], 4)} over {n} fresh seed(s)"
+                      f"{' (raced)' if c in raced else ''}", flush=True)
         else:
             print(f"  batchtune (search seed {seed}): {why}", flush=True)
             row["batchtune rec"] = f"FAIL: {why}" if why != "skipped" else "skipped"
@@ -375,7 +385,7 @@ def judge(example: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def render(rows: list[dict[str, Any]], header: str) -> str:
-    columns = ["example", "search seed", "budget", "grid best", "batchtune rec", "re-trained (seeds)", "stated",
+    columns = ["example", "search seed", "budget", "grid best", "batchtune rec", "re-trained (seeds)", "stated", "raced",
                "fastest near-best", "throughput ratio", "TPE rec", "TPE re-trained", "TPE a/b", "a/b/c/beats-TPE", "verdict",
                "seconds", "re-checked best", "a/b vs re-checked", "verdict vs re-checked", "rec, 6 fresh seeds",
                "grid best, 6 fresh seeds", "fastest near-best, 6 fresh seeds"]
