@@ -333,15 +333,21 @@ def _decide(measured: list[Any], cells: Any, mode: str, tol: Tolerance) -> tuple
     from batchtune.study.cells import compare, describe
 
     sign = 1.0 if mode == "max" else -1.0
-    best = max(measured, key=lambda c: sign * c.mean)
-    sd = pooled_seed_sd(measured)
-    good = [c for c in measured if _as_good(c, best, tol, mode, sd)]
 
     def cell(c: Any) -> Any:
         return cells.get(c.batch_size, c.norm, c.precision) if cells is not None else None
 
+    def speed(c: Any) -> float:
+        return _speed(cell, c)
+
+    # Equal means (a classification metric moves in steps of one validation sample) go to the faster cell: when
+    # the seeds are too noisy to call anything as good, the best mean wins, and a tie is no reason to be slower.
+    best = max(measured, key=lambda c: (sign * c.mean, speed(c)))
+    sd = pooled_seed_sd(measured)
+    good = [c for c in measured if _as_good(c, best, tol, mode, sd)]
+
     pick, speed_text = best, None
-    for c in sorted(good, key=lambda c: -(cell(c).throughput or 0.0) if cell(c) is not None else 0.0):
+    for c in sorted(good, key=lambda c: -speed(c)):
         if c is best or cell(c) is None or cell(best) is None:
             continue
         cmp = compare(cell(c), cell(best))
@@ -359,13 +365,16 @@ def undecided(candidates: list[Any], cells: Any, *, mode: str, tolerance: Tolera
     if len(measured) < 2:
         return None
     best, pick, good, sd, _, cell = _decide(measured, cells, mode, tolerance)
-
-    def speed(c: Any) -> float:
-        return (cell(c).throughput or 0.0) if cell(c) is not None else 0.0
-
     # Only a rival measured faster is worth seeds: without cell speeds the best mean is the pick anyway.
-    open_ = [c for c in _open(pick, best, measured, good, tolerance, mode, cell) if speed(c) > speed(pick) > 0]
-    return (best, max(open_, key=speed)) if open_ else None
+    open_ = [c for c in _open(pick, best, measured, good, tolerance, mode, cell)
+             if _speed(cell, c) > _speed(cell, pick) > 0]
+    return (best, max(open_, key=lambda c: _speed(cell, c))) if open_ else None
+
+
+def _speed(cell: Callable[[Any], Any], c: Any) -> float:
+    """A candidate's cell throughput, 0 when its cell was not measured."""
+    found = cell(c)
+    return float(found.throughput or 0.0) if found is not None else 0.0
 
 
 def _open(pick: Any, best: Any, measured: list[Any], good: list[Any], tol: Tolerance, mode: str,

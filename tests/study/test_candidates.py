@@ -206,6 +206,27 @@ def test_the_seed_spread_is_pooled_over_the_candidates():
     assert rec.trial == 1 and "standard error" not in rec.reason
 
 
+def test_equal_means_go_to_the_faster_cell_even_when_the_seeds_are_too_noisy_to_call_either_as_good():
+    """A classification metric moves in steps of one validation sample, so two candidates can tie exactly.
+    With seeds this noisy nothing is shown to be as good as the best mean, and the best mean wins; a tie
+    must not go to the slower of the two by list order."""
+    def c(trial, batch, metrics):
+        return Candidate(trial=trial, batch_size=batch, lr=0.01, norm="batch", precision="fp32", trial_metric=0.99,
+                         why="x", metrics=metrics, seeds=(1000, 1001))
+
+    slow, fast = c(0, 16, (0.9700, 0.9966)), c(1, 128, (0.9966, 0.9700))  # the same mean, 1.9 points apart
+    cells = table(speed_cell(16, [[1.0]] * 4), speed_cell(128, [[2.0]] * 4))  # 128 is 4x faster per sample
+    tol = Tolerance(0.01, "absolute")
+    for order in ([slow, fast], [fast, slow]):
+        rec = recommend_measured(order, cells, TRIALS, mode="max", tolerance=tol)
+        assert rec.trial == 1 and rec.best_trial == 1
+    # Without speeds to tell them apart the first listed stays the best, as before.
+    assert recommend_measured([slow, fast], None, TRIALS, mode="max", tolerance=tol).trial == 0
+    # A mean better by the smallest step still wins over a faster cell the seeds cannot call as good.
+    better = c(0, 16, (0.9700, 0.9994))
+    assert recommend_measured([better, fast], cells, TRIALS, mode="max", tolerance=tol).trial == 0
+
+
 def test_the_reason_states_the_pooled_seed_spread_not_the_pick_s_own():
     """Two seeds of the pick that agree by chance do not make the stated metric certain: the reason gives
     the seed-to-seed deviation pooled over every candidate and the stated mean's standard error from it."""
