@@ -342,7 +342,8 @@ def _decide(measured: list[Any], cells: Any, mode: str, tol: Tolerance) -> tuple
 
     # Equal means (a classification metric moves in steps of one validation sample) go to the faster cell: when
     # the seeds are too noisy to call anything as good, the best mean wins, and a tie is no reason to be slower.
-    best = max(measured, key=lambda c: (sign * c.mean, speed(c)))
+    # Rounded: means over 2 and 3 seeds of one value differ in the last bit of a float.
+    best = max(measured, key=lambda c: (round(sign * c.mean, TIE_DIGITS), speed(c)))
     sd = pooled_seed_sd(measured)
     good = [c for c in measured if _as_good(c, best, tol, mode, sd)]
 
@@ -405,6 +406,9 @@ def pooled_seed_sd(candidates: list[Any]) -> float | None:
         dof += len(done) - 1
     return math.sqrt(num / dof) if dof else None
 
+
+# Means that agree to this many decimals are a tie.
+TIE_DIGITS = 9
 
 # The least error counted against a gap, as a share of the tolerance: two seeds that agree by chance (or a
 # single seed) do not make a gap certain.
