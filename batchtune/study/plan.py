@@ -142,8 +142,8 @@ class MetricWatch:
     """Successive halving on the validation metric (Li et al. 2018): the worker calls it at each evaluation.
 
     The metric goes to Optuna's pruner as ``trial.report(value, samples seen)`` in the study's own
-    direction; a trial that is not among the best 1/3 at a rung stops there, and its samples are what
-    it cost the budget.
+    direction; a trial that is not in the best half of its batch size's trials at a rung stops there
+    (:mod:`batchtune.study.pruning`), and its samples are what it cost the budget.
     """
 
     trial: Any
@@ -161,7 +161,9 @@ class MetricWatch:
 
     def settle(self, result: Any) -> None:
         if result.status == "pruned" and self.pruned_at is not None:
+            from batchtune.study.pruning import KEEP
+
             result.reason = (
                 f"pruned by successive halving at {self.pruned_at:,} samples: metric {self.pruned_metric:.4g} was not "
-                f"among the best 1/{tt.REDUCTION_FACTOR} of the trials at that point"
+                f"among the best 1/{KEEP} of the trials of its batch size at that point"
             )

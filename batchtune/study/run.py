@@ -318,10 +318,11 @@ def _measure_before_trials(
     race = measured.reserve_race(budget, count, seeds)
     climb_samples = measured.reserve_climb(budget)
     reserved = (count * seeds + race) * full + climb_samples
-    from batchtune.study.pruning import BatchStratifiedHalving
+    from batchtune.study.pruning import KEEP, BatchStratifiedHalving
 
-    # Rungs at 1/9 and 1/3 of a trial (reduction factor 3), each trial against its own batch size.
-    study.pruner = BatchStratifiedHalving(max(1, full // 9), max_resource=full * 8 // 9)
+    # Rungs at 1/9 and 1/3 of a trial (reduction factor 3), each trial against its own batch size; the best half
+    # goes on (the short-horizon bias of the LR: batchtune.study.pruning).
+    study.pruner = BatchStratifiedHalving(max(1, full // 9), max_resource=full * 8 // 9, keep=KEEP)
     unfit = {c.key: str(c.error or c.over_limit) for c in cells.cells.values() if not c.fits} if cells is not None else {}
     plan = replace(plan, trial_budget=measured.trial_budget(budget, spend, reserved, warnings), trial_samples=full,
                    unfit=unfit, climb_samples=climb_samples)

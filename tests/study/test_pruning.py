@@ -61,3 +61,23 @@ def test_no_rung_at_the_full_length_of_a_trial():
     pruner = BatchStratifiedHalving(min_resource=100, max_resource=800)
     assert not pruner.prune(study, frozen(16, {100: 0.95, 300: 0.95, 900: 0.1}))
     assert BatchStratifiedHalving(min_resource=100).prune(study, frozen(16, {100: 0.95, 300: 0.95, 900: 0.1}))
+
+
+def test_keeping_the_best_half_judges_from_the_second_trial_and_prunes_fewer():
+    """The default search keeps the best half (``keep=2``) at rungs spaced by 3: a lower LR that is behind
+    early is pruned only when at least half its batch size's trials are ahead of it."""
+    study = optuna.create_study(direction="maximize")
+    half = BatchStratifiedHalving(min_resource=100, keep=2, max_resource=800)
+    third = BatchStratifiedHalving(min_resource=100, max_resource=800)
+    add(study, 16, {100: 0.90, 300: 0.95, 900: 0.96})
+    # One trial to compare with is enough for halves: behind it, pruned; a third needs two.
+    assert half.prune(study, frozen(16, {100: 0.80}))
+    assert not third.prune(study, frozen(16, {100: 0.80}))
+    add(study, 16, {100: 0.85, 300: 0.93, 900: 0.97})
+    add(study, 16, {100: 0.70, 300: 0.80, 900: 0.80})
+    # Second of four at the first rung: in the best half, not in the best third.
+    assert not half.prune(study, frozen(16, {100: 0.88}))
+    assert third.prune(study, frozen(16, {100: 0.88}))
+    assert half.prune(study, frozen(16, {100: 0.75}))
+    # The rungs stay at 1/9 and 1/3 (spaced by the reduction factor 3), not at 2x steps.
+    assert half.rung_crossed([100, 200]) is None and half.rung_crossed([200, 300]) == 1
