@@ -15,9 +15,9 @@ short-horizon bias, Wu et al. 2018): on the tiny transformer at batch 16, the LR
 three at the first rung. Replayed on whole learning curves of the bundled examples and the held-out task
 (``benchmarks/pruning_bias.py``: 2 batch sizes each, a search's trials drawn at random until 2.5 to 8
 trials' worth of compute per batch size is spent), keeping the best half picked a configuration closer to
-the best in 8 of 8 (task, batch size) pairs at a budget of 2.5 trials, 7 of 8 at 4 and 5 of 8 at 8 (the
-search_quality runs of the digits examples and the held-out task spent 2 to 7 per batch size) (the MLP and the small-batch CNN lost up to 0.10 points
-there), by up to 0.98 points on the held-out task.
+the best in 8 of 8 (task, batch size) pairs at a budget of 2.5 trials, 7 of 8 at 4 and 5 of 8 at 8, by
+up to 0.98 points on the held-out task; at 8 the MLP and the small-batch CNN lost up to 0.10 points. The
+search_quality runs of the digits examples and the held-out task spent 2 to 7 trials per batch size.
 """
 
 from __future__ import annotations
