@@ -20,16 +20,27 @@ have ended best of all the drawn ones was pruned.
 
 - ``1/9+1/3, best third``: rungs at 1/9 and 1/3 of a trial, the best third goes on (Hyperband's
   reduction factor 3; the default before);
-- ``1/9+1/3, best half`` (shipped): the same rungs, the best half goes on;
+- ``1/9+1/3, best half`` (shipped): the same rungs, the best half goes on, judged from the second trial of
+  a batch size at the rung (one peer);
+- ``1/9+1/3, best half, 2 peers``: the same, but nothing is pruned until two other trials of the batch size
+  have reached the rung (as the best third does);
 - ``1/3, best third`` and ``1/3, best half``: one rung, at 1/3;
 - ``none``: every trial trains in full.
 
+With ``--bracket`` the first two trials of a batch size are neighbouring grid LRs (half a decade apart) of
+one norm, the higher first, as the search's start trials are on a task with one norm: the second is
+judged against the first alone at the first rung, where a lower LR is usually behind.
+
 Measured 2026-12-01 (no timing: the load does not matter; training the curves took about 12 minutes on
 one thread, a replay 10 s): at budgets of 2.5 and 4 trials per batch size, keeping the best half picked
-a configuration closer to the best than keeping the best third in 7 of 8 and 8 of 8 (task, batch size)
-pairs, at 8 trials in 5 of 8.
+a configuration closer to the best than keeping the best third in 8 of 8 and 7 of 8 (task, batch size)
+pairs, at 8 trials in 5 of 8. Waiting for two peers instead of one is worse in 8 of 8 pairs at 2.5
+trials and in 7 of 8 at 4 (with ``--bracket`` too): pruning from the second trial saves the compute of
+more trials than it loses. The exception at 4 and 8 trials is the tiny transformer at batch 16, where
+waiting was 0.16 to 0.44 points closer to the best (the short-horizon bias is strongest there; at 8 also
+the CNN's batch 64, by 0.003).
 
-    python benchmarks/pruning_bias.py [--examples digits_mlp,...] [--draws 4000] [--budget 4] [--retrain]
+    python benchmarks/pruning_bias.py [--examples digits_mlp,...] [--draws 4000] [--budget 4] [--bracket] [--retrain]
 """
 
 from __future__ import annotations
@@ -56,9 +67,11 @@ BATCHES = (16, 64)
 BELOW, ABOVE = 1.5, 1.0  # decades around a cell's best grid LR
 BUDGET = 4.0  # full trials per batch size (--budget)
 TOL = 0.01
-# (the rungs as fractions 1/d of a trial, the reduction factor: a trial goes on when in the best 1/factor)
-RULES = {"1/9+1/3, best third": ((9, 3), 3), "1/9+1/3, best half": ((9, 3), 2), "1/3, best third": ((3,), 3),
-         "1/3, best half": ((3,), 2), "none": ((), 3)}
+# (the rungs as fractions 1/d of a trial, the reduction factor: a trial goes on when in the best 1/factor, the
+# fewest trials of its batch size at the rung that it is judged against)
+RULES = {"1/9+1/3, best third": ((9, 3), 3, 2), "1/9+1/3, best half": ((9, 3), 2, 1),
+         "1/9+1/3, best half, 2 peers": ((9, 3), 2, 2), "1/3, best third": ((3,), 3, 2),
+         "1/3, best half": ((3,), 2, 1), "none": ((), 3, 2)}
 
 
 def eval_every(epochs: float) -> float:
@@ -107,12 +120,23 @@ def value_at(curve: list[tuple[int, float]], boundary: int) -> tuple[int, float]
 
 
 def replay(pool: dict[tuple[str, float], dict[int, list[tuple[int, float]]]], full: int, rungs: tuple[int, ...],
-           factor: int, rng: random.Random, budget: float = BUDGET) -> dict[str, float]:
+           factor: int, rng: random.Random, budget: float = BUDGET, min_peers: int = 2,
+           bracket: bool = False) -> dict[str, float]:
     """One search's trials at one batch size under one rule; see the module docstring."""
     configs = list(pool)
     truth = {c: sum(curve[-1][1] for curve in pool[c].values()) / len(pool[c]) for c in configs}
     boundaries = sorted(full // d for d in rungs)
-    arrivals = [(c, rng.choice(sorted(pool[c]))) for c in rng.sample(configs, len(configs))]
+    order = rng.sample(configs, len(configs))
+    if bracket:  # the start trials: two neighbouring LRs of one norm, the higher first, then the random draws
+        norm, lr = order[0]
+        lower = max((c for c in configs if c[0] == norm and c[1] < lr), key=lambda c: c[1], default=None)
+        if lower is None:
+            higher = min((c for c in configs if c[0] == norm and c[1] > lr), key=lambda c: c[1], default=None)
+            pair = [higher, order[0]] if higher is not None else [order[0]]
+        else:
+            pair = [order[0], lower]
+        order = pair + [c for c in order if c not in pair]
+    arrivals = [(c, rng.choice(sorted(pool[c]))) for c in order]
     seen: list[dict[int, float]] = []  # per earlier trial: its value at each boundary it reached
     completed: list[tuple[float, tuple[str, float]]] = []
     pruned: list[tuple[str, float]] = []
@@ -130,7 +154,7 @@ def replay(pool: dict[tuple[str, float], dict[int, list[tuple[int, float]]]], fu
                 break
             reached[boundary] = point[1]
             peers = [s[boundary] for s in seen if boundary in s]
-            if len(peers) >= factor - 1:
+            if len(peers) >= min_peers:
                 ranked = sorted(peers + [point[1]], reverse=True)
                 if point[1] < ranked[max(1, len(ranked) // factor) - 1]:
                     stop = point[0]
@@ -156,6 +180,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=4000)
     parser.add_argument("--retrain", action="store_true", help="train the curves again instead of reading the cache")
     parser.add_argument("--budget", type=float, default=BUDGET, help="full trials per batch size")
+    parser.add_argument("--bracket", action="store_true",
+                        help="the first two trials of a batch size are neighbouring LRs of one norm, the higher first "
+                             "(the search's start trials on a task with one norm)")
     args = parser.parse_args()
     rows = []
     for example in args.examples.split(","):
@@ -168,16 +195,17 @@ def main() -> None:
             pool: dict[tuple[str, float], dict[int, list[tuple[int, float]]]] = {}
             for (norm, lr, seed), run in g.groupby(["norm", "lr", "seed"]):
                 pool.setdefault((str(norm), float(lr)), {})[int(seed)] = sorted(zip(run["samples"], run["metric"]))
-            for name, (rungs, factor) in RULES.items():
+            for name, (rungs, factor, min_peers) in RULES.items():
                 rng = random.Random(0)  # the same arrivals for every rule: paired draws
-                out = [replay(pool, full, rungs, factor, rng, args.budget) for _ in range(args.draws)]
+                out = [replay(pool, full, rungs, factor, rng, args.budget, min_peers, args.bracket)
+                       for _ in range(args.draws)]
                 rows.append({"example": example, "batch": int(b), "configs": len(pool), "rule": name,
                              "points below the best": 100 * sum(o["gap"] for o in out) / len(out),
                              "within 1 point": sum(o["within"] for o in out) / len(out),
                              "trials": sum(o["trials"] for o in out) / len(out),
                              "best pruned": sum(o["pruned_best"] for o in out) / len(out)})
     print(f"# successive halving replayed on learning curves: {args.draws} draws per batch size, a budget of "
-          f"{args.budget:g} full trials each\n")
+          f"{args.budget:g} full trials each" + (", the first two a start bracket" if args.bracket else "") + "\n")
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
 
 
