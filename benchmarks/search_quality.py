@@ -16,13 +16,13 @@ of many 2-seed means, so it is biased up like any best-of-many; the diagnostics 
 and, as the share of the 15 two-seed draws of those 6 seeds that reach the grid's best minus 1 point,
 how often (a) passes by luck.
 
-On 2 shared CPU cores, one thread, with --search-seeds 0,1: digits_mlp ~4 min, digits_cnn ~12 min,
-tiny_transformer ~3.5 min (measured 2026-11-30: each search, the baseline, the re-training on 6
-seeds and the timing rounds).
+On 2 shared CPU cores, one thread, with --search-seeds 0,1: digits_mlp ~3 min, digits_cnn ~11 min,
+tiny_transformer ~3 min (measured 2026-12-01 at a load average of 1.0: each search, the baseline, the
+re-training on 6 seeds and the timing rounds).
 
 A held-out task, ``benchmarks/tasks/heldout_waveforms.py`` (a 1D CNN on noisy generated waveforms,
 written after the search's constants were last set and never tuned on), runs with
-``--examples heldout_waveforms`` (~15 min with --search-seeds 0,1); its table goes to
+``--examples heldout_waveforms`` (~10 min with --search-seeds 0,1); its table goes to
 ``search_quality_heldout_last.md``.
 
     python benchmarks/search_quality.py [--examples digits_mlp] [--skip-tpe] [--skip-batchtune] [--timeout 3600] [--search-seeds 0,1] [--keep DIR]
