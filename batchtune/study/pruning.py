@@ -19,9 +19,12 @@ the best in 8 of 8 (task, batch size) pairs at a budget of 2.5 trials, 7 of 8 at
 up to 0.98 points on the held-out task; at 8 the MLP and the small-batch CNN lost up to 0.10 points. The
 search_quality runs of the digits examples and the held-out task spent 2 to 7 trials per batch size.
 A trial is judged from the second of its batch size at a rung (one peer). Waiting for two, as the best
-third does, was worse in 8 of 8 pairs at 2.5 trials and 7 of 8 at 4, also when the first two trials are
-the start trials' neighbouring LRs, the higher first (``--bracket``): the compute it saves buys more
-trials. The exception is the tiny transformer at batch 16, 0.16 to 0.44 points better when waiting.
+third does, was worse in 8 of 8 pairs at 2.5 trials and 7 of 8 at 4: the compute it saves buys more
+trials. The exception is the tiny transformer at batch 16, 0.16 points better when waiting. When the first
+two trials are a start bracket near the best LR, the higher first (``--bracket``), sparing the start
+trials from pruning is better in 3 and 4 of the 8 pairs and worse in the others: on the transformer's batch 16
+by 1.3 points, on the held-out task's batch 16 worse by 0.5-0.65. Not shipped: on a task with several
+norms it would train 2 start trials per norm in full, a cost the replay (one norm's pair) does not see.
 """
 
 from __future__ import annotations
