@@ -618,7 +618,8 @@ def search_norms(task: Task, requested: Sequence[str] | None) -> tuple[tuple[str
         raise TaskError(
             f"{task.path}: norms {unknown} cannot be made by converting BatchNorm; choose from {list(NORM_CHOICES)}"
         )
-    note = "BatchNorm layers of each fresh model are converted (group: GroupNorm(gcd(32,C)), layer: GroupNorm(1,C), none: Identity)"
+    note = ("BatchNorm layers of each fresh model are converted (group: GroupNorm(gcd(32,C)), at least 16 channels per "
+            "group on (batch, C) inputs; layer: GroupNorm(1,C); none: Identity)")
     odd = unconvertible_layers(model)
     if odd:
         name, kind = odd[0]

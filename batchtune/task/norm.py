@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import nn
+from torch.nn import functional as F
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # timm's norm+activation layers: forward is batch_norm(x) -> self.drop(x) -> self.act(x).
@@ -52,10 +54,51 @@ def unconvertible_layers(model: nn.Module) -> list[tuple[str, str]]:
     ]
 
 
+# The fewest channels a group holds when GroupNorm normalizes (batch, C) feature vectors (Wu and He 2018,
+# table 3(b): 16 channels per group as good as any fixed number, 1 or 2 per group the worst).
+MIN_GROUP_CHANNELS = 16
+
+
+def group_count(bn: nn.modules.batchnorm._NormBase) -> int:
+    """gcd(32, C): the groups of the GroupNorm that stands in for ``bn`` (32 is Wu and He's default)."""
+    return math.gcd(32, bn.num_features)
+
+
+def feature_group_count(channels: int, groups: int) -> int:
+    """``groups`` halved until each group holds at least ``MIN_GROUP_CHANNELS`` channels (1 when C is below
+    that): the groups for (batch, C) inputs, where a group pools only its own C/G values of one sample."""
+    while groups > 1 and channels // groups < MIN_GROUP_CHANNELS:
+        groups //= 2
+    return groups
+
+
+class FeatureGroupNorm(nn.GroupNorm):
+    """GroupNorm that stands in for a BatchNorm able to see (batch, C) inputs (BatchNorm1d, SyncBatchNorm).
+
+    On (batch, C, *) it is GroupNorm with ``num_groups`` groups: each group pools its channels at every
+    position. On (batch, C) a group pools only its own C/G values of one sample: at 2 per group every
+    normalized value is -1 or +1, at 1 it is 0, and the layer passes on signs or nothing. There it uses
+    ``feature_groups`` (:func:`feature_group_count`). The affine is per channel either way. Measured on
+    MLPs of widths 32 to 256 on 3 tasks in ``benchmarks/group_norm_features.py``.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, feature_groups: int, **kwargs: Any) -> None:
+        super().__init__(num_groups, num_channels, **kwargs)
+        self.feature_groups = feature_groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = self.num_groups if x.dim() > 2 else self.feature_groups
+        return F.group_norm(x, groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, feature_groups={self.feature_groups}"
+
+
 def replacement(bn: nn.modules.batchnorm._NormBase, norm: str) -> nn.Module:
     """The layer that stands in for ``bn``.
 
-    ``group``: GroupNorm with gcd(32, C) groups (32 is the default of Wu and He 2018).
+    ``group``: GroupNorm with :func:`group_count` groups; for a BatchNorm that can see (batch, C) inputs, a
+    :class:`FeatureGroupNorm` that uses fewer groups on those.
     ``layer``: GroupNorm with one group, which normalizes each sample over (C, *), the layer-norm
     equivalent for every BatchNorm kind, with a per-channel affine like BatchNorm's.
     ``none``: Identity.
@@ -66,14 +109,18 @@ def replacement(bn: nn.modules.batchnorm._NormBase, norm: str) -> nn.Module:
         new: nn.Module = nn.Identity()
     else:
         if norm == "group":
-            groups = math.gcd(32, channels)
+            groups = group_count(bn)
         elif norm == "layer":
             groups = 1
         else:
             raise ValueError(f"unknown normalization {norm!r}")
         ref = bn.weight if bn.affine else bn.running_mean
         kwargs: dict[str, Any] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-        new = nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine, **kwargs)
+        features = feature_group_count(channels, groups)
+        if isinstance(bn, (nn.BatchNorm1d, nn.SyncBatchNorm)) and features != groups:
+            new = FeatureGroupNorm(groups, channels, features, eps=bn.eps, affine=bn.affine, **kwargs)
+        else:
+            new = nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine, **kwargs)
     if _is_norm_act(bn):
         return nn.Sequential(new, getattr(bn, "drop", nn.Identity()), getattr(bn, "act", nn.Identity()))
     return new

@@ -32,6 +32,39 @@ def test_every_batchnorm_kind_is_replaced(norm, kind, groups):
         assert [g.affine for g in replaced] == [True, False, True, True]
 
 
+@pytest.mark.parametrize("channels, groups, features", [(32, 32, 2), (64, 32, 4), (128, 32, 8), (256, 32, 16),
+                                                       (512, 32, 32), (48, 16, 2), (100, 4, 4), (8, 8, 1)])
+def test_a_batchnorm1d_groups_feature_vectors_by_16_channels(channels, groups, features):
+    m = nn.Sequential(nn.Linear(5, channels), nn.BatchNorm1d(channels))
+    convert_norm(m, "group")
+    gn = m[1]
+    assert isinstance(gn, nn.GroupNorm) and gn.num_groups == groups
+    assert getattr(gn, "feature_groups", groups) == features
+    x = torch.randn(6, channels)
+    expected = nn.functional.group_norm(x, features, gn.weight, gn.bias, gn.eps)
+    assert torch.allclose(gn(x), expected, atol=1e-6)
+
+
+def test_group_norm_for_a_batchnorm1d_keeps_the_features():
+    # At two channels per group (gcd(32, 64) = 32 groups) every normalized value would be -1 or +1, at one per group
+    # 0: the layer would pass on the signs of differences, or nothing. 16 per group keeps the values graded.
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 64), nn.BatchNorm1d(64))
+    convert_norm(m, "group")
+    out = m(torch.randn(4, 5)).detach()
+    assert len(torch.unique(out.abs().round(decimals=3))) > 32
+    assert not torch.allclose(out.abs(), torch.ones_like(out), atol=1e-3)
+
+
+def test_a_batchnorm1d_on_sequences_keeps_gcd_32_groups():
+    # On (batch, C, L) each group pools its channels at every position: Wu and He's 32 groups, as for a conv.
+    m = nn.Sequential(nn.Conv1d(2, 64, 3), nn.BatchNorm1d(64))
+    convert_norm(m, "group")
+    gn = m[1]
+    x = torch.randn(3, 64, 7)
+    assert torch.allclose(gn(x), nn.functional.group_norm(x, 32, gn.weight, gn.bias, gn.eps), atol=1e-6)
+
+
 def test_converted_model_runs_and_keeps_dtype():
     m = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8)).to(torch.float64)
     convert_norm(m, "group")
