@@ -184,16 +184,19 @@ def render_result(result: Any, as_json: bool) -> None:
         from batchtune.study.candidates import retrained
 
         if retrained(summary["candidates"]):
-            click.echo("Candidates re-trained on fresh seeds:")
+            click.echo("Candidates re-trained on fresh seeds (* recommended):")
         else:
-            click.echo("Candidates, not re-trained (--rerun-seeds 0: each figure is its trial's own seed):")
+            click.echo("Candidates, not re-trained (--rerun-seeds 0: each figure is its trial's own seed; * recommended):")
+        picked = (summary.get("recommendation") or {}).get("trial")
         for c in summary["candidates"]:
             q = c["params"]
             mean = f"{c['mean']:.4g}" if c.get("mean") is not None else "failed"
             spread = f" ± {c['spread']:.2g}" if c.get("spread") is not None else ""
-            why = {"best trial": "best", "faster cell close to the best": "faster, near best",
+            # Why it was re-trained: "best trial" ranks the trials' own seeds, not the fresh seeds' means.
+            why = {"best trial": "best trial", "faster cell close to the best": "faster, near best",
                    "best of another cell": "other cell"}.get(c["why"], c["why"])
-            click.echo(f"  trial {c['trial']:<3} b{q['batch_size']:<4} lr {q['lr']:<8.3g} {q['norm']:<6} {mean}{spread} "
+            mark = "*" if c["trial"] == picked else " "
+            click.echo(f"{mark} trial {c['trial']:<3} b{q['batch_size']:<4} lr {q['lr']:<8.3g} {q['norm']:<6} {mean}{spread} "
                        f"(own seed {c['trial_metric']:.4g}; {why})")
     compute = summary.get("compute")
     if compute:

@@ -196,10 +196,12 @@ def measured_section(s: dict[str, Any]) -> list[str]:
             "what re-training the configuration gives.",
             "",
         ]
+        picked = (s.get("recommendation") or {}).get("trial")
         lines += [
             pd.DataFrame([{
-                "trial": c["trial"], "batch": c["params"]["batch_size"], "lr": f"{c['params']['lr']:.3g}",
-                "norm": c["params"]["norm"], "why": c["why"], "trial's seed": _fmt(c["trial_metric"]),
+                "trial": f"{c['trial']} (recommended)" if c["trial"] == picked else c["trial"],
+                "batch": c["params"]["batch_size"], "lr": f"{c['params']['lr']:.3g}",
+                "norm": c["params"]["norm"], "re-trained as": c["why"], "trial's seed": _fmt(c["trial_metric"]),
                 "fresh seeds": ", ".join(_fmt(m) if m is not None else "failed" for m in c.get("metrics") or []),
                 "mean": _fmt(c.get("mean")), "± (half range)": _fmt(c.get("spread")),
             } for c in candidates]).to_markdown(index=False),

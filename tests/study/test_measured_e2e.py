@@ -77,6 +77,10 @@ def test_default_search_measures_prunes_reruns_and_states_the_fresh_seeds_mean(c
     for section in ("## Candidates re-trained on fresh seeds", "## Speed and memory per cell",
                     "## Learning-rate windows (LR range test)", "## Compute spent"):
         assert section in report
+    # The recommended candidate is marked, in the terminal and the report, and only it.
+    marked = [line for line in result.output.splitlines() if line.startswith("* trial ")]
+    assert [int(line.split()[2]) for line in marked] == [rec["trial"]]
+    assert report.count("(recommended)") == 1 and f"| {rec['trial']} (recommended) " in report
 
 
 def test_a_resume_reuses_the_measurements_and_a_larger_budget_adds_trials(cli, tasks, workdir):
