@@ -186,7 +186,7 @@ def render_result(result: Any, as_json: bool) -> None:
         if retrained(summary["candidates"]):
             click.echo("Candidates re-trained on fresh seeds (* recommended):")
         else:
-            click.echo("Candidates, not re-trained (--rerun-seeds 0: each figure is its trial's own seed; * recommended):")
+            _wrapped("Candidates, not re-trained (--rerun-seeds 0: each figure is its trial's own seed; * recommended):")
         picked = (summary.get("recommendation") or {}).get("trial")
         for c in summary["candidates"]:
             q = c["params"]
