@@ -131,9 +131,13 @@ def default_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
 
 
 def default_metric(output: Any, target: torch.Tensor) -> float:
-    """Top-1 accuracy of one batch on the logits, the default metric (targets of -100 are ignored, as in the loss)."""
+    """Top-1 accuracy of one batch on the logits, the default metric (targets of -100 are ignored, as in the loss;
+    class probabilities count their most likely class)."""
     out = logits(output)
-    pred = out.argmax(dim=class_dim(out, target))
+    dim = class_dim(out, target)
+    pred = out.argmax(dim=dim)
+    if target.is_floating_point() and target.shape == out.shape:  # class probabilities (soft labels): their top class
+        target = target.argmax(dim=dim)
     keep = target != IGNORE_INDEX
     return ((pred == target) & keep).sum().item() / max(1, int(keep.sum().item()))
 
@@ -721,7 +725,10 @@ def _dry_loss(task: Task, output: Any, target: Any, dataset: Any, function: str)
         # Same values, shapes that only agree by broadcasting: a loss that broadcasts changes when the
         # output takes the target's shape; one that reshapes for itself does not.
         with torch.no_grad():
-            reshaped = call_user(task, "loss_fn(output, target)", task.loss_fn, output.detach().reshape(target.shape), target)
+            try:
+                reshaped = task.loss_fn(output.detach().reshape(target.shape), target)
+            except Exception:  # noqa: BLE001 - it takes only the shape it was given (say, squeezes dim 1): it shapes for itself
+                return loss
             if isinstance(loss, torch.Tensor) and loss.numel() == 1 and not torch.allclose(
                 loss.detach().float(), torch.as_tensor(reshaped).float(), rtol=1e-4, atol=1e-6
             ):
@@ -826,6 +833,24 @@ def _loss_error(task: Task, exc: BaseException, output: Any, target: Any) -> Tas
     return TaskError(f"{base}; fix loss_fn")
 
 
+def _check_accuracy_fits(task: Task, out: torch.Tensor, target: torch.Tensor) -> None:
+    """The default metric, top-1 accuracy, is silently constant on one output per sample (the argmax of one
+    logit is always 0) and meaningless on real-valued targets: refuse both, with the metric to write."""
+    if out.dim() < 2 or out.shape[class_dim(out, target)] == 1:
+        raise TaskError(
+            f"{task.path}: the model returns one output per sample {tuple(out.shape)}; the default metric, top-1 "
+            "accuracy over one logit per class, would score every model alike; define metric(output, target): for "
+            "a binary classifier's one logit `return ((output.squeeze(1) > 0).float() == target).float().mean().item()`, "
+            "for a regression an error with METRIC_MODE = \"min\""
+        )
+    if target.is_floating_point() and not (target.shape == out.shape or bool((target == target.round()).all())):
+        raise TaskError(
+            f"{task.path}: the targets are real numbers ({target.dtype}, e.g. {float(target.flatten()[0]):.4g}); the "
+            "default metric, top-1 accuracy, compares class indices; return integer class labels (torch.long), or "
+            "define metric(output, target), for a regression an error with METRIC_MODE = \"min\""
+        )
+
+
 def _dry_metric(task: Task, output: Any, target: Any) -> Any:
     if not task.custom_metric:
         if model_loss(output) is not None and isinstance(target, torch.Tensor) and target.dim() > 1:
@@ -836,11 +861,13 @@ def _dry_metric(task: Task, output: Any, target: Any) -> Any:
                 "`return output.loss.item()` with METRIC_MODE = \"min\""
             )
         try:
-            logits(output)
+            out = logits(output)
         except OutputError as exc:
             raise TaskError(
                 f"{task.path}: {exc}; return the logits from forward, or define metric(output, target)"
             ) from None
+        if isinstance(target, torch.Tensor):
+            _check_accuracy_fits(task, out, target)
     try:
         return task.metric(output, target)
     except Exception as exc:

@@ -469,3 +469,68 @@ def test_import_limit_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("BATCHTUNE_IMPORT_TIMEOUT", "0.5")
     with pytest.raises(TaskError, match=r"within 0.5 s"):
         load_task(write(tmp_path, "while True:\n    pass\n"))
+
+
+def test_loss_that_squeezes_dim_1_for_itself_is_accepted(tmp_path):
+    # The broadcasting probe calls loss_fn with the output in the target's shape; a loss that takes only the
+    # model's own shape (squeeze(1) of (B, 1)) fails there and is right as written.
+    body = REGRESSION + "\ndef loss_fn(output, target):\n    return nn.functional.mse_loss(output.squeeze(1), target)\n"
+    check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+BINARY = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+def build_model():
+    return nn.Linear(4, 1)
+
+def train_dataset():
+    return TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)).float())
+
+def val_dataset():
+    return TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)).float())
+
+def loss_fn(output, target):
+    return nn.functional.binary_cross_entropy_with_logits(output.squeeze(1), target)
+"""
+
+
+def test_one_logit_with_the_default_accuracy_is_refused(tmp_path):
+    # argmax over one logit is always 0: every configuration would score the share of label 0.
+    with pytest.raises(TaskError, match=r"one output per sample \(2, 1\); the default metric.*would score every "
+                                        r"model alike; define metric\(output, target\)"):
+        check(write(tmp_path, BINARY), norms=(AS_BUILT,))
+    body = BINARY + "\ndef metric(output, target):\n    return ((output.squeeze(1) > 0).float() == target).float().mean().item()\n"
+    check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+def test_real_valued_targets_with_the_default_accuracy_are_refused(tmp_path):
+    body = """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    def build_model():
+        return nn.Linear(4, 3)
+
+    def train_dataset():
+        return TensorDataset(torch.randn(16, 4), torch.randn(16) + 0.5)
+
+    def val_dataset():
+        return TensorDataset(torch.randn(8, 4), torch.randn(8) + 0.5)
+
+    def loss_fn(output, target):
+        return nn.functional.mse_loss(output.mean(1), target)
+    """
+    with pytest.raises(TaskError, match=r"the targets are real numbers \(torch.float32.*compares class indices"):
+        check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+def test_class_probabilities_score_their_most_likely_class():
+    from batchtune.task.contract import default_metric
+
+    out = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    soft = torch.tensor([[0.8, 0.1, 0.1], [0.6, 0.2, 0.2]])
+    assert default_metric(out, soft) == 0.5
