@@ -431,11 +431,21 @@ def check_item(task: Task, function: str, item: Any) -> None:
     _check_inputs(task, f"{function}[0]", item[0], items=True)
 
 
+def _batchable(value: Any, items: bool) -> bool:
+    """A tensor; in a dataset item also a numeric NumPy array, which torch's default_collate makes one."""
+    if isinstance(value, torch.Tensor):
+        return True
+    import numpy as np
+
+    return items and isinstance(value, np.ndarray) and value.dtype.kind in "biufc"
+
+
 def _check_inputs(task: Task, where: str, inputs: Any, *, items: bool) -> None:
-    """The model's input must be a tensor, a tuple/list of tensors or a dict of tensors."""
+    """The model's input must be a tensor, a tuple/list of tensors or a dict of tensors (in a dataset item,
+    numeric NumPy arrays stand for tensors: the batch is collated as a DataLoader does)."""
     if isinstance(inputs, Mapping) and inputs:
         for key, value in inputs.items():
-            if not isinstance(value, torch.Tensor):
+            if not _batchable(value, items):
                 fix = ("call .with_format(\"torch\") on a Hugging Face dataset, or return tensors" if items
                        else "make collate_fn return tensors")
                 raise TaskError(
@@ -443,8 +453,8 @@ def _check_inputs(task: Task, where: str, inputs: Any, *, items: bool) -> None:
                     + ("; inputs of different lengths also need collate_fn(items) to pad them" if items else "")
                 )
         return
-    ok = isinstance(inputs, torch.Tensor) or (
-        isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs)
+    ok = _batchable(inputs, items) or (
+        isinstance(inputs, (tuple, list)) and inputs and all(_batchable(t, items) for t in inputs)
     )
     if not ok:
         raise TaskError(

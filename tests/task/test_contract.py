@@ -534,3 +534,33 @@ def test_class_probabilities_score_their_most_likely_class():
     out = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
     soft = torch.tensor([[0.8, 0.1, 0.1], [0.6, 0.2, 0.2]])
     assert default_metric(out, soft) == 0.5
+
+
+NUMPY_ITEMS = """
+import numpy as np
+import torch
+from torch import nn
+
+class Data(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.x = np.random.RandomState(0).randn(n, 4).astype({dtype!r})
+    def __len__(self):
+        return len(self.x)
+    def __getitem__(self, i):
+        return self.x[i], int(i % 2)  # a NumPy array and a Python int, as a DataLoader's default_collate takes them
+
+def build_model():
+    return nn.Linear(4, 2)
+
+def train_dataset():
+    return Data(16)
+
+def val_dataset():
+    return Data(8)
+"""
+
+
+def test_numpy_items_are_batched_as_a_dataloader_does(tmp_path):
+    check(write(tmp_path, NUMPY_ITEMS.format(dtype="float32")), norms=(AS_BUILT,))
+    with pytest.raises(TaskError, match=r"train_dataset\(\)\[0\] has an input of type ndarray"):
+        check(write(tmp_path, NUMPY_ITEMS.format(dtype="object")), norms=(AS_BUILT,))
