@@ -847,11 +847,13 @@ def _check_accuracy_fits(task: Task, out: torch.Tensor, target: torch.Tensor) ->
     """The default metric, top-1 accuracy, is silently constant on one output per sample (the argmax of one
     logit is always 0) and meaningless on real-valued targets: refuse both, with the metric to write."""
     if out.dim() < 2 or out.shape[class_dim(out, target)] == 1:
+        loss = ("" if task.custom_loss else "; the default loss, cross-entropy, needs one logit per class too: define "
+                "loss_fn(output, target) as well (a regression: `return nn.functional.mse_loss(output.reshape(-1), target)`)")
         raise TaskError(
             f"{task.path}: the model returns one output per sample {tuple(out.shape)}; the default metric, top-1 "
             "accuracy over one logit per class, would score every model alike; define metric(output, target): for "
-            "a binary classifier's one logit `return ((output.squeeze(1) > 0).float() == target).float().mean().item()`, "
-            "for a regression an error with METRIC_MODE = \"min\""
+            "a binary classifier's one logit `return ((output.reshape(-1) > 0).float() == target).float().mean().item()`, "
+            f"for a regression an error with METRIC_MODE = \"min\"{loss}"
         )
     if target.is_floating_point() and not (target.shape == out.shape or bool((target == target.round()).all())):
         raise TaskError(

@@ -502,7 +502,7 @@ def test_one_logit_with_the_default_accuracy_is_refused(tmp_path):
     with pytest.raises(TaskError, match=r"one output per sample \(2, 1\); the default metric.*would score every "
                                         r"model alike; define metric\(output, target\)"):
         check(write(tmp_path, BINARY), norms=(AS_BUILT,))
-    body = BINARY + "\ndef metric(output, target):\n    return ((output.squeeze(1) > 0).float() == target).float().mean().item()\n"
+    body = BINARY + "\ndef metric(output, target):\n    return ((output.reshape(-1) > 0).float() == target).float().mean().item()\n"
     check(write(tmp_path, body), norms=(AS_BUILT,))
 
 
@@ -564,3 +564,25 @@ def test_numpy_items_are_batched_as_a_dataloader_does(tmp_path):
     check(write(tmp_path, NUMPY_ITEMS.format(dtype="float32")), norms=(AS_BUILT,))
     with pytest.raises(TaskError, match=r"train_dataset\(\)\[0\] has an input of type ndarray"):
         check(write(tmp_path, NUMPY_ITEMS.format(dtype="object")), norms=(AS_BUILT,))
+
+
+def test_a_regression_on_the_default_loss_and_metric_names_both_fixes(tmp_path):
+    # torch's cross_entropy takes a (B,) output and (B,) real targets as one sample's class probabilities: a
+    # regression left on the defaults would train on a scalar that means nothing.
+    body = """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    def build_model():
+        return nn.Sequential(nn.Linear(4, 1), nn.Flatten(0))
+
+    def train_dataset():
+        return TensorDataset(torch.randn(16, 4), torch.randn(16))
+
+    def val_dataset():
+        return TensorDataset(torch.randn(8, 4), torch.randn(8))
+    """
+    with pytest.raises(TaskError, match=r"one output per sample \(2,\).*the default loss, cross-entropy, needs one "
+                                        r"logit per class too: define loss_fn"):
+        check(write(tmp_path, body), norms=(AS_BUILT,))
