@@ -855,7 +855,17 @@ def _check_accuracy_fits(task: Task, out: torch.Tensor, target: torch.Tensor) ->
             "a binary classifier's one logit `return ((output.reshape(-1) > 0).float() == target).float().mean().item()`, "
             f"for a regression an error with METRIC_MODE = \"min\"{loss}"
         )
-    if target.is_floating_point() and not (target.shape == out.shape or bool((target == target.round()).all())):
+    if target.is_floating_point() and target.shape == out.shape:
+        dim = class_dim(out, target)
+        if not (bool((target >= 0).all()) and torch.allclose(target.sum(dim), torch.ones(()), atol=1e-3)):
+            raise TaskError(
+                f"{task.path}: the targets have the output's shape {tuple(out.shape)} but are not class probabilities "
+                "(each sample's sum to 1), multi-hot labels perhaps; the default metric, top-1 accuracy, would "
+                "compare the top class only; define metric(output, target), e.g. for multi-label "
+                "`return ((output > 0).float() == target).float().mean().item()`"
+            )
+        return
+    if target.is_floating_point() and not bool((target == target.round()).all()):
         raise TaskError(
             f"{task.path}: the targets are real numbers ({target.dtype}, e.g. {float(target.flatten()[0]):.4g}); the "
             "default metric, top-1 accuracy, compares class indices; return integer class labels (torch.long), or "

@@ -586,3 +586,35 @@ def test_a_regression_on_the_default_loss_and_metric_names_both_fixes(tmp_path):
     with pytest.raises(TaskError, match=r"one output per sample \(2,\).*the default loss, cross-entropy, needs one "
                                         r"logit per class too: define loss_fn"):
         check(write(tmp_path, body), norms=(AS_BUILT,))
+
+
+MULTI_LABEL = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+def build_model():
+    return nn.Linear(10, 4)
+
+def _data(n):
+    x = torch.randn(n, 10)
+    return TensorDataset(x, {targets})
+
+def train_dataset():
+    return _data(16)
+
+def val_dataset():
+    return _data(8)
+
+def loss_fn(output, target):
+    return nn.functional.{loss}(output, target)
+"""
+
+
+def test_multi_hot_targets_with_the_default_accuracy_are_refused(tmp_path):
+    multi_hot = MULTI_LABEL.format(targets="(x[:, :4] > 0).float()", loss="binary_cross_entropy_with_logits")
+    with pytest.raises(TaskError, match=r"not class probabilities \(each sample's sum to 1\), multi-hot labels perhaps"):
+        check(write(tmp_path, multi_hot), norms=(AS_BUILT,))
+    # One-hot or smoothed class probabilities are what cross_entropy takes as soft targets: accepted.
+    soft = MULTI_LABEL.format(targets="torch.softmax(x[:, :4], 1)", loss="cross_entropy")
+    check(write(tmp_path, soft), norms=(AS_BUILT,))
