@@ -245,7 +245,7 @@ def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
         sizes=sizes, family=family, gpus=gpus, workers=workers,
         threads=cfg.threads or default_threads(workers),
         url=cfg.storage or default_storage(cfg.study_name, cfg.studies_dir),
-        left_out=left_out, chance=None if task.custom_metric else majority_share(val_set),
+        left_out=left_out, chance=None if task.custom_metric else majority_share(val_set, task.target_key),
     )
 
 
@@ -487,24 +487,18 @@ def _wait_for(study: Any, params: dict[str, Any], poll: float = 1.0) -> None:
         _recover_dead_trials(study)
 
 
-def majority_share(dataset: Any) -> float | None:
+def majority_share(dataset: Any, target_key: str | None = None) -> float | None:
     """The share of the most frequent class among the targets (the accuracy of always guessing it), or None
-    when the targets are not integer class labels. Reads at most 5000 items."""
-    import torch
+    when the targets are not integer class labels. Targets are read as the batch doctor reads them
+    (``item[target_key]`` of dict items and Hugging Face columns, else ``item[1]``; a few seconds at most)."""
+    import numpy as np
 
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is not None and len(tensors) == 2:
-        targets = tensors[1]
-    else:
-        try:
-            items = [dataset[i][1] for i in range(min(len(dataset), 5000))]
-            targets = torch.as_tensor(items)
-        except Exception:  # targets that are not scalars (sequences, dicts): no chance level to state
-            return None
-    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.is_floating_point() or not len(targets):
+    from batchtune.doctor.checks import read_labels
+
+    labels = read_labels(dataset, target_key=target_key)
+    if labels is None or labels.kind != "class":
         return None
-    counts = torch.bincount(targets.long().clamp(min=0))
-    return float(counts.max()) / len(targets)
+    return float(np.bincount(labels.values.clip(min=0)).max()) / len(labels.values)
 
 
 def _record_space_and_meta(study: Any, cfg: SearchConfig, setup: _Setup, plan: TrialPlan) -> None:
