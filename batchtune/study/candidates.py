@@ -86,11 +86,16 @@ def choose(trials: pd.DataFrame, *, mode: str, close: float, speed: dict[tuple[i
     done = done[[math.isfinite(float(m)) for m in done["metric"]]]
     if done.empty:
         return []
-    done = done.sort_values("metric", ascending=(mode == "min"))
     picked: list[Candidate] = []
 
     def config(row: Any) -> tuple[int, str, str, float]:
         return (int(row["batch_size"]), str(row["norm"]), str(row["precision"] or "fp32"), round(float(row["lr"]), 12))
+
+    # Best metric first; equal metrics go faster cell first (with one candidate, the faster of two equal
+    # trials is the one re-trained), then by trial number.
+    cell_speed = [speed.get(config(row)[:3], 0.0) for _, row in done.iterrows()]
+    done = (done.assign(_speed=cell_speed)
+            .sort_values(["metric", "_speed", "trial"], ascending=[mode == "min", False, True], kind="mergesort"))
 
     def add(row: Any, why: str) -> None:
         if len(picked) >= count or any(config(row) == (c.batch_size, c.norm, c.precision, round(c.lr, 12)) for c in picked):

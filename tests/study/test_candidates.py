@@ -306,3 +306,32 @@ def test_nothing_to_race_without_cell_speeds_or_when_the_seeds_decided():
     assert undecided([rival, best], slow, mode="max", tolerance=tol) is None  # the best mean is the pick either way
     far = replace(rival, metrics=(0.96, 0.95))
     assert undecided([best, far], cells, mode="max", tolerance=tol) is None  # outside the tolerance by its mean
+
+
+def test_chance_level_reads_dict_items_by_their_target_key():
+    """The near-chance warning needs the majority class's share; dict items (Hugging Face style) hold
+    the label under TARGET_KEY, not at index 1."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from batchtune.study.run import majority_share
+
+    labels = [0, 0, 0, 1] * 5
+    items = [{"input_ids": torch.zeros(3, dtype=torch.long), "label": y} for y in labels]
+    assert majority_share(items, target_key="label") == 0.75
+    assert majority_share(TensorDataset(torch.zeros(20, 2), torch.tensor(labels))) == 0.75
+    assert majority_share(TensorDataset(torch.zeros(20, 2), torch.rand(20))) is None  # regression: no chance level
+
+
+def test_equal_metrics_put_the_faster_cell_first():
+    """Two trials with the same metric: the faster cell's is the best trial, so with one candidate it is
+    the one re-trained (sorting by metric alone kept the earlier trial, here the slower batch 16)."""
+    tied = trials([
+        (0, "ok", True, 16, 0.01, "batch", "fp32", 0.98, 900.0, 10),
+        (1, "ok", True, 128, 0.1, "batch", "fp32", 0.98, 5000.0, 20),
+        (2, "ok", True, 32, 0.02, "group", "fp32", 0.97, 1500.0, 12),
+    ])
+    picked = choose(tied, mode="max", close=0.0, speed=SPEED, count=1)
+    assert [c.trial for c in picked] == [1]
+    picked = choose(tied, mode="max", close=0.0, speed={}, count=1)  # no cell speeds: trial order
+    assert [c.trial for c in picked] == [0]
