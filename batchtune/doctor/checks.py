@@ -393,21 +393,28 @@ def check_loader(task: Any, dataset: Any, model: Any, batch_size: int, device: A
             break
     load = statistics.median(load_times)
     compute = statistics.median(compute_times)
-    share = load / (load + compute)
+    # The task's DATALOADER workers (which batchtune's trials use too) fetch batches while the model
+    # computes: k workers deliver one every load / k seconds, so a step waits max(0, load / k - compute).
+    workers_set = int(task.loader_options.get("num_workers") or 0)
+    wait = load if workers_set == 0 else max(0.0, load / workers_set - compute)
+    share = wait / (wait + compute) if wait + compute > 0 else 0.0
     cores = os.cpu_count() or 1
-    workers = min(max(1, cores - 1), math.ceil(load / compute)) if compute > 0 else 1
+    needed = math.ceil(load / compute) if compute > 0 else 1
+    workers = min(max(1, cores - 1), needed)
     pin = device.type == "cuda"
     details = {
         "batch_size": batch_size,
         "load_seconds_per_batch": load,
         "compute_seconds_per_step": compute,
+        "num_workers": workers_set,
         "loader_share": share,
-        "suggested_num_workers": workers,
+        "suggested_num_workers": max(workers, workers_set),
         "suggested_pin_memory": pin,
     }
-    what = (f"the DataLoader takes {load * 1e3:.3g} ms per batch of {batch_size}, a training step on preloaded "
-            f"tensors {compute * 1e3:.3g} ms: loading would be {share:.0%} of each step")
-    pin_text = ", pin_memory=True" if pin else ""
+    with_workers = f" with DATALOADER's num_workers={workers_set}" if workers_set else ""
+    what = (f"the DataLoader takes {load * 1e3:.3g} ms per batch of {batch_size} in one process, a training step on "
+            f"preloaded tensors {compute * 1e3:.3g} ms: loading would be {share:.0%} of each step{with_workers}")
+    pin_text = ", \"pin_memory\": True" if pin else ""
     if isinstance(dataset, TensorDataset):
         return [Finding(
             "loader", "info",
@@ -417,13 +424,15 @@ def check_loader(task: Any, dataset: Any, model: Any, batch_size: int, device: A
             details,
         )]
     if share >= LOADER_WARN:
-        return [Finding(
-            "loader", "warning", f"the data loader starves the model: {what}",
-            f"DataLoader(num_workers={workers}{pin_text}, persistent_workers=True), or precompute __getitem__'s work "
-            "into tensors once"
-            + ("; on the CPU, workers take cores from the model's threads" if device.type == "cpu" else ""),
-            details,
-        )]
+        cpu_note = "; on the CPU, workers take cores from the model's threads" if device.type == "cpu" else ""
+        if workers_set >= workers:  # more workers than this machine can spare would not help
+            fix = (f"precompute __getitem__'s work into tensors once: num_workers={workers_set} already uses the "
+                   f"{cores} core(s) this machine has{cpu_note}")
+        else:
+            short = f" (hiding it all would take {needed} workers)" if needed > workers else ""
+            fix = (f"set DATALOADER = {{\"num_workers\": {workers}, \"persistent_workers\": True{pin_text}}} in the task "
+                   f"file (the same in your own DataLoader){short}, or precompute __getitem__'s work into tensors once{cpu_note}")
+        return [Finding("loader", "warning", f"the data loader starves the model: {what}", fix, details)]
     return [Finding("loader", "info", what, f"none needed{'; pin_memory=True helps copies to the GPU' if pin else ''}", details)]
 
 
