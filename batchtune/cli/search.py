@@ -54,7 +54,7 @@ def _search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--budget-samples", type=int, default=None, help="Training budget per trial in samples, instead of --epochs."),
         click.option("--eval-every", type=float, default=None, help="Evaluate every this many epochs [default: each epoch; a quarter epoch under --objective time-to-target]."),
         click.option("--trial-timeout", type=float, default=1800, show_default=True, help="Seconds before a hung trial is killed; it is recorded with status timeout."),
-        click.option("--tolerance", callback=tolerance_option, default=None, help="How far from the best metric still counts: 0.5pp, 1% or 0.01 [default: 0.5pp for accuracy-like metrics, else 1%]."),
+        click.option("--tolerance", callback=tolerance_option, default=None, help="How far from the best metric still counts: 0.5pp, 1% or 0.01 [default: 1pp for a metric in [0, 1] where higher is better, else 1%]."),
         click.option("--current-batch-size", type=int, default=None, help="The batch size you train with now; the report says how to rescale your learning rate."),
         click.option("--threads", type=int, default=None, help="CPU threads per trial [default: cores / workers]."),
         click.option("--workers", type=int, default=None, help="Trials run at once on this machine [default: one per GPU on CUDA, else 1]."),
