@@ -709,9 +709,28 @@ def _dry_batch(task: Task, dataset: Any, function: str) -> tuple[Any, Any]:
     return inputs, target
 
 
+def _check_one_logits(task: Task, output: Any) -> None:
+    """A tuple output with tensors of different shapes, ``(features, logits)`` say: the default loss and metric
+    take the first as the logits, and would silently train and score the wrong one. Tensors of one shape
+    (``(logits, aux_logits)``) and ``nn.LSTM``'s ``(output, (h, c))`` pass."""
+    if not isinstance(output, (tuple, list)):
+        return
+    tensors = [(i, v) for i, v in enumerate(output) if isinstance(v, torch.Tensor) and v.dim() >= 1]
+    if len({tuple(v.shape) for _, v in tensors}) < 2:
+        return
+    uses = [name for name, custom in (("loss_fn", task.custom_loss), ("metric", task.custom_metric)) if not custom]
+    shapes = ", ".join(f"output[{i}] {tuple(v.shape)}" for i, v in tensors)
+    raise TaskError(
+        f"{task.path}: the model returns a {type(output).__name__} of tensors of different shapes ({shapes}); the default "
+        f"{' and '.join(uses)} would take output[{tensors[0][0]}] as the logits; return the logits alone from forward, "
+        f"or define {' and '.join(f'{u}(output, target)' for u in uses)} taking the part that holds them (e.g. output[{tensors[-1][0]}])"
+    )
+
+
 def _dry_loss(task: Task, output: Any, target: Any, dataset: Any, function: str) -> Any:
     """The loss of the dry run, with the checks that name the cause of a failure (or of a silent mistake)."""
     if not task.custom_loss and model_loss(output) is None:
+        _check_one_logits(task, output)
         try:
             out = logits(output)
         except OutputError as exc:
@@ -882,6 +901,7 @@ def _dry_metric(task: Task, output: Any, target: Any) -> Any:
                 "shifts them as a causal language model does; define metric(output, target), e.g. "
                 "`return output.loss.item()` with METRIC_MODE = \"min\""
             )
+        _check_one_logits(task, output)
         try:
             out = logits(output)
         except OutputError as exc:

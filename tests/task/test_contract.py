@@ -217,7 +217,8 @@ def loss_fn(output, target):
         check(write(tmp_path, body), norms=(AS_BUILT,))
 
 
-def test_tuple_output_uses_its_first_tensor_with_the_default_loss(tmp_path):
+def test_tuple_output_of_two_shapes_is_ambiguous_with_the_default_loss(tmp_path):
+    """(logits, input): which tensor holds the logits cannot be told from shapes; refused, not guessed."""
     body = PAIRS + """
 class M(nn.Module):
     def __init__(self):
@@ -229,7 +230,9 @@ class M(nn.Module):
 def build_model():
     return M()
 """
-    check(write(tmp_path, body), norms=(AS_BUILT,))
+    with pytest.raises(TaskError, match=r"define loss_fn\(output, target\) and metric\(output, target\) taking the part "
+                                        r"that holds them \(e.g. output\[1\]\)"):
+        check(write(tmp_path, body), norms=(AS_BUILT,))
 
 
 def test_labels_out_of_range_are_named(tmp_path):
@@ -618,3 +621,46 @@ def test_multi_hot_targets_with_the_default_accuracy_are_refused(tmp_path):
     # One-hot or smoothed class probabilities are what cross_entropy takes as soft targets: accepted.
     soft = MULTI_LABEL.format(targets="torch.softmax(x[:, :4], 1)", loss="cross_entropy")
     check(write(tmp_path, soft), norms=(AS_BUILT,))
+
+
+TUPLE_OUTPUT = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        features = self.body(x)
+        return {ret}
+
+def build_model(norm="none"):
+    return Net()
+
+def train_dataset():
+    return TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,)))
+
+def val_dataset():
+    return TensorDataset(torch.randn(8, 4), torch.randint(0, 3, (8,)))
+{extra}
+"""
+
+
+def test_a_features_and_logits_tuple_is_refused_with_the_default_loss(tmp_path):
+    """(features, logits): the default loss took the first tensor, the 16 features, as 16 class logits, and
+    trained on them without a word."""
+    both = TUPLE_OUTPUT.format(ret="features, self.head(features)", extra="")
+    with pytest.raises(TaskError, match=r"different shapes \(output\[0\] \(2, 16\), output\[1\] \(2, 3\)\); the default "
+                                        r"loss_fn and metric would take output\[0\] as the logits"):
+        check(write(tmp_path, both), norms=("none",))
+    only_metric = TUPLE_OUTPUT.format(ret="features, self.head(features)",
+                                      extra="def loss_fn(output, target):\n    return nn.functional.cross_entropy(output[1], target)\n")
+    with pytest.raises(TaskError, match=r"the default metric would take output\[0\] as the logits; return the logits alone "
+                                        r"from forward, or define metric\(output, target\) taking"):
+        check(write(tmp_path, only_metric), norms=("none",))
+    # Logits beside auxiliary logits of the same shape (Inception's): the first is the main one, accepted.
+    check(write(tmp_path, TUPLE_OUTPUT.format(ret="self.head(features), self.head(features) * 0.5", extra="")), norms=("none",))
