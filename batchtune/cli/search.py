@@ -126,7 +126,7 @@ def _run_search(config: Any, as_json: bool) -> None:
         if info.get("lr_rule") not in (None, "none"):
             display.note(f"lr rule {info['lr_rule']}: --lr-min/--lr-max bound the base lr at batch "
                          f"{info['lr_reference_batch']}")
-        display.phase("running the trials")
+        display.phase("running the trials (samples/s: each trial's own timing, a cross-check)")
 
     try:
         result = run_search(config, on_event=display.trial_finished, on_start=on_start, on_phase=display.phase,
@@ -168,7 +168,7 @@ def render_result(result: Any, as_json: bool) -> None:
         ttt = f", {rec.time_to_target:.3g} s to target" if rec.time_to_target is not None else ""
         _wrapped(
             f"Recommended: batch size {p['batch_size']}{micro}, lr {p['lr']:.3g}, {p['norm']} norm "
-            f"(metric {rec.metric:.4g}, {rec.throughput:,.0f} samples/s, {format_bytes(rec.peak_memory_bytes)}{ttt})"
+            f"(metric {rec.metric:.4g}, {rec.throughput_text}, {format_bytes(rec.peak_memory_bytes)}{ttt})"
         )
         _wrapped(rec.reason)
         if rec.lr_table:

@@ -37,12 +37,20 @@ class Recommendation:
     lr_reference_batch: int | None = None
     base_lr: float | None = None
     lr_table: tuple[dict[str, Any], ...] = ()  # batch size -> lr under the rule, from base_lr
+    throughput_source: str = "trial"  # "cell": the interleaved, calibrated cell measurement; "trial": the trial's own timing
+
+    @property
+    def throughput_text(self) -> str:
+        """The throughput with where it comes from, as the terminal and the report state it."""
+        where = "measured per cell" if self.throughput_source == "cell" else "in its trial's own timing"
+        return f"{self.throughput:,.0f} samples/s {where}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "params": self.params,
             "metric": self.metric,
             "throughput": self.throughput,
+            "throughput_source": self.throughput_source,
             "peak_memory_bytes": self.peak_memory_bytes,
             "trial": self.trial,
             "reason": self.reason,
@@ -318,7 +326,7 @@ def recommend_measured(
         params["precision"] = pick.precision
     return Recommendation(
         trial=pick.trial, params=params, metric=float(pick.mean), throughput=float(throughput),
-        peak_memory_bytes=int(peak), best_trial=best.trial, best_metric=float(best.mean), tolerance=tol,
+        throughput_source="cell" if pick_cell is not None and pick_cell.throughput else "trial", peak_memory_bytes=int(peak), best_trial=best.trial, best_metric=float(best.mean), tolerance=tol,
         reason=(_measured_reason(pick, best, good, tol, speed_text, cell, mode, sd)
                 + _unresolved_text(pick, best, measured, good, tol, mode, sd, cell) + _uncertainty_text(pick, sd, measured)),
         lr_advice=lr_advice(pick.batch_size, pick.lr, current_batch_size, optimizer_family),

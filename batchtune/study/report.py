@@ -304,7 +304,7 @@ def render_markdown(result: Any, plots: dict[str, Path], out_dir: Path) -> str:
             f"**batch size {p['batch_size']}, learning rate {p['lr']:.3g}, {p['norm']} normalization**"
             + (f", {p['precision']}" if "precision" in p else "")
             + (f" (micro-batches of {p['micro_batch']}, {p['accumulate']} accumulation steps)" if "accumulate" in p else "")
-            + f": metric {rec.metric:.4g}, {rec.throughput:,.0f} samples/s, {format_bytes(rec.peak_memory_bytes)} peak memory (trial {rec.trial})"
+            + f": metric {rec.metric:.4g}, {rec.throughput_text}, {format_bytes(rec.peak_memory_bytes)} peak memory (trial {rec.trial})"
             + (f", {rec.time_to_target:.3g} s to the target." if rec.time_to_target is not None else "."),
             "",
             rec.reason,

@@ -73,6 +73,11 @@ def test_a_faster_candidate_within_the_tolerance_wins_only_beyond_the_timing_noi
     rec = recommend_measured([best, fast], clear, TRIALS, mode="max", tolerance=tol)
     assert rec.trial == 1 and rec.metric == pytest.approx(0.979)  # the stated metric is the fresh seeds' mean
     assert rec.best_trial == 0 and "faster beyond the timing noise" in rec.reason
+    # The stated speed is the cell's calibrated figure, and says so (the trials' own timings are printed too).
+    assert rec.throughput_source == "cell" and rec.throughput_text.endswith("samples/s measured per cell")
+    assert rec.throughput != 5000.0  # not trial 1's own timing
+    untimed = recommend_measured([best, fast], None, TRIALS, mode="max", tolerance=tol)
+    assert untimed.trial == 0 and untimed.throughput_text == "900 samples/s in its trial's own timing"
     noisy = table(speed_cell(16, [[1.0], [8.0], [1.0]]), speed_cell(128, [[8.0], [2.0], [30.0]]))
     rec = recommend_measured([best, fast], noisy, TRIALS, mode="max", tolerance=tol)
     assert rec.trial == 0 and "can't tell" in rec.reason
