@@ -594,7 +594,7 @@ def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> dict[str, 
 
     from batchtune.task.contract import build_model, build_optimizer, forward
     from batchtune.trial.device import synchronize
-    from batchtune.trial.train import seed_everything, to_device, train_batches
+    from batchtune.trial.train import longest_batch, seed_everything, to_device, train_batches
 
     n = len(train_set)
     if n < p.batch_size:
@@ -608,9 +608,9 @@ def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> dict[str, 
     batches = train_batches(train_set, p.batch_size, torch.Generator().manual_seed(p.seed), pin=device.type == "cuda",
                             task=task)
 
-    def step() -> torch.Tensor:
+    def step(batch: tuple[Any, Any] | None = None) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        inputs, target = next(batches)
+        inputs, target = batch if batch is not None else next(batches)
         inputs = to_device(inputs, device, non_blocking=True)
         target = to_device(target, device, non_blocking=True)
         with _autocast(device.type, p.precision):
@@ -627,6 +627,10 @@ def _timed_steps(task: Any, train_set: Any, p: _Plan, device: Any) -> dict[str, 
     if reference is not None:
         for _ in range(5):  # the reference's own burn-in, kept apart from the model's warm-up steps
             reference()
+    longest = longest_batch(train_set, p.batch_size, task)
+    if longest is not None:  # variable-length data: the peak memory counts the batch of the longest items
+        step(longest)
+        del longest
     for _ in range(p.warmup):  # burn-in: lazy initialisation, allocator growth, caches (nanoGPT's bench.py)
         step()
     # A CPU is timed step by step; an accelerator in windows of several steps, because every

@@ -289,6 +289,7 @@ def _measure(
     from batchtune.trial.timing import summarize
     from batchtune.trial.train import (
         eval_batches,
+        longest_batch,
         seed_everything,
         to_device,
         train_batches,
@@ -301,8 +302,8 @@ def _measure(
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and dev.type == "cuda" else None
     batches = train_batches(train_set, batch_size, torch.Generator().manual_seed(seed), pin=dev.type == "cuda", task=task)
 
-    def forward_backward() -> None:
-        inputs, target = next(batches)
+    def forward_backward(batch: tuple[Any, Any] | None = None) -> None:
+        inputs, target = batch if batch is not None else next(batches)
         inputs = to_device(inputs, dev, non_blocking=True)
         target = to_device(target, dev, non_blocking=True)
         with _autocast(dev, precision):
@@ -312,9 +313,9 @@ def _measure(
         else:
             loss.backward()
 
-    def step() -> None:
+    def step(batch: tuple[Any, Any] | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
-        forward_backward()
+        forward_backward(batch)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -324,6 +325,14 @@ def _measure(
     # Warm-up: the first step creates the optimizer state and fills the allocator's caches; later ones
     # are skipped once warm-up has used the time cap, so the largest sizes do not pay for it twice.
     warm_start = time.perf_counter()
+    # Variable-length data: the first step trains on the longest items, so a size fits only if the batch
+    # that needs most memory does (random batches seldom hold them; a trial meets them sooner or later).
+    longest = longest_batch(train_set, batch_size, task)
+    out["longest_batch"] = longest is not None
+    if longest is not None:
+        step(longest)
+        synchronize(dev)
+        del longest
     for _ in range(warmup_steps):
         step()
         synchronize(dev)
@@ -459,6 +468,7 @@ def probe(
     if own_runner:
         runner = TrialRunner(str(task.path), env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     curves: list[ProbeCurve] = []
+    longest: set[int] = set()  # sizes whose first step trained on the longest items (variable-length data)
     try:
         for precision in cfg.precisions:
             ceiling_flops = runner.call(
@@ -472,11 +482,16 @@ def probe(
             for norm in norms:
                 curves.append(
                     _probe_curve(runner, cfg, settings, norm, precision, str(device), ceiling, granularity,
-                                 threads, matmul, peak.flops, peak.source, on_point)
+                                 threads, matmul, peak.flops, peak.source, on_point, longest)
                 )
     finally:
         if own_runner:
             runner.close()
+    if longest:
+        notes.append(
+            "The training items differ in size (variable-length data): each size's first step trained on the "
+            "largest items, so a size fits only if the batch that needs the most memory does."
+        )
     over = sorted({c.label for c in curves for p in c.points if (p.matmul_utilisation or 0) > 1})
     if over:
         notes.append(
@@ -512,6 +527,7 @@ def _probe_curve(
     peak_flops: float | None,
     peak_source: str,
     on_point: PointCallback | None,
+    longest: set[int],
 ) -> ProbeCurve:
     search = SizeSearch(cfg.batch_size_min, ceiling, granularity)
     points: list[ProbePoint] = []
@@ -533,6 +549,8 @@ def _probe_curve(
             count_flops=flops is None,
         )
         point = _to_point(outcome, size, settings.memory_budget_bytes, len(points) + 1)
+        if outcome.ok and outcome.value.get("longest_batch"):
+            longest.add(size)
         if outcome.ok and outcome.value.get("flops_per_sample"):
             flops = float(outcome.value["flops_per_sample"])
         search.record(size, point.fits)

@@ -22,6 +22,7 @@ from batchtune.task.contract import (
     build_model,
     build_optimizer,
     call_user,
+    collate,
     collate_error,
     forward,
     split_batch,
@@ -201,6 +202,60 @@ def eval_batches(dataset: Dataset, batch_size: int, task: Task | None = None) ->
             yield tensors[0][start : start + batch_size], tensors[1][start : start + batch_size]
         return
     yield from _batches(_loader(dataset, task, batch_size, shuffle=False), task, "val_dataset()")
+
+
+ITEM_SCAN_S = 2.0  # seconds spent measuring item sizes for the longest batch, per dataset
+_ITEM_SIZES: dict[str, Any] = {}  # the last dataset measured and its item sizes
+
+
+def item_size(value: Any) -> int:
+    """How many elements an item (or part of one) holds: a tensor's or array's numel, a sequence's length
+    (of numbers) or its parts' sum, a dict's values' sum; a string its length, a number 1."""
+    if isinstance(value, torch.Tensor):
+        return int(value.numel())
+    if isinstance(value, np.ndarray):
+        return int(value.size)
+    if isinstance(value, Mapping):
+        return sum(item_size(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, (int, float, bool)) for v in value):
+            return len(value)
+        return sum(item_size(v) for v in value)
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    return 1
+
+
+def longest_batch(dataset: Dataset, batch_size: int, task: Task | None) -> tuple[Any, Any] | None:
+    """The batch of the ``batch_size`` largest items (:func:`item_size`), collated as training collates them,
+    or None when the items read are all of one size (nothing bigger than a random batch to fit).
+
+    Variable-length data padded per batch needs most memory on the batch holding the longest items;
+    a random batch seldom holds them, so a size that fits on random batches can run out of memory
+    mid-trial. Items are read in index order for at most :data:`ITEM_SCAN_S` seconds (once per dataset
+    and process); the largest of those read make the batch.
+    """
+    if _tensor_source(dataset, task) is not None:
+        return None  # a TensorDataset's items are rows of one shape
+    cached = _ITEM_SIZES.get("dataset")
+    sizes: list[int] = _ITEM_SIZES["sizes"] if cached is dataset else []
+    if cached is not dataset:
+        start = time.perf_counter()
+        for i in range(len(dataset)):  # type: ignore[arg-type]
+            sizes.append(item_size(dataset[i]))
+            if time.perf_counter() - start > ITEM_SCAN_S:
+                break
+        _ITEM_SIZES.update(dataset=dataset, sizes=sizes)
+    if len(set(sizes)) < 2 or len(sizes) < batch_size:
+        return None
+    largest = sorted(range(len(sizes)), key=lambda i: -sizes[i])[:batch_size]
+    items = [dataset[i] for i in largest]
+    if task is None:
+        from torch.utils.data import default_collate
+
+        batch = default_collate(items)
+        return batch[0], batch[1]
+    return split_batch(task, collate(task, items, "train_dataset()"))
 
 
 def seed_everything(seed: int) -> None:

@@ -284,3 +284,26 @@ def test_search_refuses_when_no_size_fits(cli, tasks, workdir, monkeypatch):
                  "--epochs", "1", "--threads", "1", "--no-plots")
     assert result.exit_code == 2
     assert "none of the batch sizes 128 fits" in result.output and "--no-probe" in result.output
+
+
+def test_variable_length_data_fits_only_if_the_longest_batch_does(tasks, monkeypatch):
+    """A padded batch needs most memory when it holds the longest items. With 200 padded tokens allowed and
+    one item of 40 tokens among 63 of 4, batch 5 is the largest that fits every batch (5 x 40); random
+    batches of 8-32 seldom hold the long item and fitted before the probe trained on the longest items."""
+    from batchtune.trial.train import longest_batch
+    from batchtune.task.contract import load_task, make_dataset
+
+    monkeypatch.setenv("BATCHTUNE_TEST_OOM_TOKENS", "200")
+    path = tasks / "oom_tokens.py"
+    result = probe(ProbeConfig(task_path=str(path), norms=("as-built",), batch_size_min=2, granularity=1, **FAST),
+                   runner=_InProcess(path))
+    (curve,) = result.curves
+    assert curve.largest_fit == 5
+    assert all(p.status == "oom" for p in curve.points if p.batch_size > 5)
+    assert any("variable-length data" in n for n in result.notes)
+    # The longest batch holds the long item; fixed-size items (a TensorDataset) have none.
+    task = load_task(path)
+    inputs, _ = longest_batch(make_dataset(task, "train"), 4, task)
+    assert tuple(inputs.shape) == (4, 40)
+    dense = torch.utils.data.TensorDataset(torch.zeros(8, 3), torch.zeros(8))
+    assert longest_batch(dense, 4, None) is None
