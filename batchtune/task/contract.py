@@ -183,6 +183,7 @@ def load_task(path: str | Path, *, import_timeout: float | None = None) -> Task:
     metric = get("metric", False, "metric(output, target) -> float")
     build_optimizer = get("build_optimizer", False, "build_optimizer(params, lr) -> torch.optim.Optimizer")
     collate_fn = get("collate_fn", False, "collate_fn(items) -> (input, target)")
+    _check_near_misses(path, module, {"loss_fn": loss_fn, "metric": metric, "build_optimizer": build_optimizer})
     target_key = getattr(module, "TARGET_KEY", None)
     if target_key is not None and not isinstance(target_key, str):
         raise TaskError(f"{path}: TARGET_KEY = {target_key!r} must be a string, the key of the target in dict items, e.g. \"label\"")
@@ -234,6 +235,32 @@ def load_task(path: str | Path, *, import_timeout: float | None = None) -> Task:
         target_key=target_key,
         loader_options=types.MappingProxyType(dict(loader)),
     )
+
+
+# Names a user may give the optional functions, and the name batchtune reads (a function under another
+# name is never called, and its default stands in silently). Not collate_fn: a collate helper is common,
+# and items that need one fail to stack with an error that names collate_fn anyway.
+NEAR_MISSES = {
+    "build_optimizer": ("optimizer", "make_optimizer", "get_optimizer", "create_optimizer", "configure_optimizer",
+                        "configure_optimizers", "optimizer_fn"),
+    "loss_fn": ("loss", "criterion", "compute_loss", "loss_function", "get_loss"),
+    "metric": ("metric_fn", "compute_metric", "metrics", "eval_metric", "metric_function"),
+}
+
+
+def _check_near_misses(path: Path, module: Any, found: Mapping[str, Any]) -> None:
+    """A function the task file defines under a near-miss of an optional name (``optimizer`` for
+    ``build_optimizer``) would be ignored for the default: a one-line error naming the right name."""
+    for name, misses in NEAR_MISSES.items():
+        if found.get(name) is not None:
+            continue
+        for miss in misses:
+            value = getattr(module, miss, None)
+            if inspect.isfunction(value) and value.__module__ == module.__name__:
+                raise TaskError(
+                    f"{path}: {miss}() is defined but batchtune reads `{name}`, so it would be ignored for the "
+                    f"default; rename it to {name} (or, if it is a helper, give it another name)"
+                )
 
 
 def _import_limit(value: float | None) -> float:
@@ -660,6 +687,11 @@ def dry_run(task: Task, norms: Sequence[str]) -> None:
     for norm in norms:
         torch.manual_seed(0)
         model = build_model(task, norm)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise TaskError(
+                f"{task.path}: build_model({'' if norm == AS_BUILT else f'norm={norm!r}'}) returned a model with no "
+                "trainable parameter (requires_grad is False on all of them); leave at least the head trainable"
+            )
         # A private copy: the dry run must not touch the model a user might hold elsewhere.
         opt = build_optimizer(task, model, 1e-3)
         model.train()
@@ -740,6 +772,17 @@ def _dry_loss(task: Task, output: Any, target: Any, dataset: Any, function: str)
             ) from None
         if isinstance(target, torch.Tensor):
             _check_labels(task, out, target, dataset, function)
+            if (target.is_floating_point() and target.shape == out.shape and out.dim() >= 2
+                    and out.shape[class_dim(out, target)] > 1 and not _probabilities(out, target)):
+                metric = ("" if task.custom_metric else ", and metric(output, target): an error with METRIC_MODE = "
+                          "\"min\" (`return nn.functional.mse_loss(output, target).item()`)")
+                raise TaskError(
+                    f"{task.path}: the targets have the output's shape {tuple(out.shape)} but are not class probabilities "
+                    "(each sample's summing to 1): real values or multi-hot labels, which the default loss, "
+                    "cross-entropy, would take as soft labels; define loss_fn(output, target): "
+                    "`return nn.functional.mse_loss(output, target)` for a reconstruction or regression, "
+                    f"binary_cross_entropy_with_logits for multi-hot labels{metric}"
+                )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -862,6 +905,12 @@ def _loss_error(task: Task, exc: BaseException, output: Any, target: Any) -> Tas
     return TaskError(f"{base}; fix loss_fn")
 
 
+def _probabilities(out: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether real-valued targets of the output's shape are class probabilities (soft or one-hot labels)."""
+    dim = class_dim(out, target)
+    return bool((target >= 0).all()) and torch.allclose(target.sum(dim), torch.ones(()), atol=1e-3)
+
+
 def _check_accuracy_fits(task: Task, out: torch.Tensor, target: torch.Tensor) -> None:
     """The default metric, top-1 accuracy, is silently constant on one output per sample (the argmax of one
     logit is always 0) and meaningless on real-valued targets: refuse both, with the metric to write."""
@@ -875,13 +924,13 @@ def _check_accuracy_fits(task: Task, out: torch.Tensor, target: torch.Tensor) ->
             f"for a regression an error with METRIC_MODE = \"min\"{loss}"
         )
     if target.is_floating_point() and target.shape == out.shape:
-        dim = class_dim(out, target)
-        if not (bool((target >= 0).all()) and torch.allclose(target.sum(dim), torch.ones(()), atol=1e-3)):
+        if not _probabilities(out, target):
             raise TaskError(
                 f"{task.path}: the targets have the output's shape {tuple(out.shape)} but are not class probabilities "
-                "(each sample's sum to 1), multi-hot labels perhaps; the default metric, top-1 accuracy, would "
-                "compare the top class only; define metric(output, target), e.g. for multi-label "
-                "`return ((output > 0).float() == target).float().mean().item()`"
+                "(each sample's summing to 1): real values or multi-hot labels; the default metric, top-1 accuracy, "
+                "would compare the top class only; define metric(output, target): an error with METRIC_MODE = \"min\" "
+                "for a reconstruction or regression (`return nn.functional.mse_loss(output, target).item()`), for "
+                "multi-hot labels `return ((output > 0).float() == target).float().mean().item()`"
             )
         return
     if target.is_floating_point() and not bool((target == target.round()).all()):
@@ -893,6 +942,12 @@ def _check_accuracy_fits(task: Task, out: torch.Tensor, target: torch.Tensor) ->
 
 
 def _dry_metric(task: Task, output: Any, target: Any) -> Any:
+    if not task.custom_metric and task.metric_mode == "min":
+        raise TaskError(
+            f"{task.path}: METRIC_MODE = \"min\" but no metric is defined: the default metric, top-1 accuracy, is higher "
+            "is better, and the search would pick the least accurate configuration; remove METRIC_MODE, or define "
+            "metric(output, target) returning an error (e.g. the validation loss)"
+        )
     if not task.custom_metric:
         if model_loss(output) is not None and isinstance(target, torch.Tensor) and target.dim() > 1:
             raise TaskError(

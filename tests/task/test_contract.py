@@ -616,7 +616,8 @@ def loss_fn(output, target):
 
 def test_multi_hot_targets_with_the_default_accuracy_are_refused(tmp_path):
     multi_hot = MULTI_LABEL.format(targets="(x[:, :4] > 0).float()", loss="binary_cross_entropy_with_logits")
-    with pytest.raises(TaskError, match=r"not class probabilities \(each sample's sum to 1\), multi-hot labels perhaps"):
+    with pytest.raises(TaskError, match=r"not class probabilities \(each sample's summing to 1\): real values or multi-hot "
+                                        r"labels; the default metric, top-1 accuracy"):
         check(write(tmp_path, multi_hot), norms=(AS_BUILT,))
     # One-hot or smoothed class probabilities are what cross_entropy takes as soft targets: accepted.
     soft = MULTI_LABEL.format(targets="torch.softmax(x[:, :4], 1)", loss="cross_entropy")
@@ -664,3 +665,64 @@ def test_a_features_and_logits_tuple_is_refused_with_the_default_loss(tmp_path):
         check(write(tmp_path, only_metric), norms=("none",))
     # Logits beside auxiliary logits of the same shape (Inception's): the first is the main one, accepted.
     check(write(tmp_path, TUPLE_OUTPUT.format(ret="self.head(features), self.head(features) * 0.5", extra="")), norms=("none",))
+
+
+AUTOENCODER = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+def build_model():
+    return nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 8))
+
+def _data(n):
+    x = torch.rand(n, 8) * 16  # pixel intensities
+    return TensorDataset(x, x)
+
+def train_dataset():
+    return _data(16)
+
+def val_dataset():
+    return _data(8)
+{extra}
+"""
+
+
+def test_real_valued_targets_of_the_outputs_shape_need_a_loss(tmp_path):
+    """An autoencoder's (x, x) pairs on the default loss: cross-entropy took the pixels as soft labels and
+    trained without a word; the metric's error named only metric, and a metric alone still trained on it."""
+    with pytest.raises(TaskError, match=r"the default loss, cross-entropy, would take as soft labels; define loss_fn\(output, "
+                                        r"target\): `return nn.functional.mse_loss\(output, target\)`.*and metric"):
+        check(write(tmp_path, AUTOENCODER.format(extra="")), norms=(AS_BUILT,))
+    metric_only = AUTOENCODER.format(extra="METRIC_MODE = 'min'\ndef metric(output, target):\n"
+                                           "    return nn.functional.mse_loss(output, target).item()\n")
+    with pytest.raises(TaskError, match=r"multi-hot labels(?!.*and metric)"):
+        check(write(tmp_path, metric_only), norms=(AS_BUILT,))
+    both = metric_only + "def loss_fn(output, target):\n    return nn.functional.mse_loss(output, target)\n"
+    check(write(tmp_path, both), norms=(AS_BUILT,))
+
+
+def test_min_mode_on_the_default_accuracy_is_refused(tmp_path):
+    """METRIC_MODE = "min" with no metric minimised the default accuracy: the least accurate configuration won."""
+    with pytest.raises(TaskError, match=r'METRIC_MODE = "min" but no metric is defined: the default metric, top-1 '
+                                        r"accuracy, is higher is better"):
+        check(write(tmp_path, GOOD + '\nMETRIC_MODE = "min"\n'))
+
+
+def test_a_near_miss_of_an_optional_name_is_refused(tmp_path):
+    """optimizer(params, lr) instead of build_optimizer: never called, and SGD stood in silently."""
+    misnamed = GOOD + "\ndef optimizer(params, lr):\n    return torch.optim.AdamW(params, lr=lr)\n"
+    with pytest.raises(TaskError, match=r"optimizer\(\) is defined but batchtune reads `build_optimizer`"):
+        load_task(write(tmp_path, misnamed))
+    load_task(write(tmp_path, misnamed + "build_optimizer = optimizer\n"))  # both names: the right one is read
+    criterion = GOOD + "\ncriterion = torch.nn.CrossEntropyLoss()\n"  # an object, not a function: no near miss
+    load_task(write(tmp_path, criterion))
+
+
+def test_a_model_with_nothing_to_train_is_named(tmp_path):
+    """Every parameter frozen: the error blamed loss_fn, which the file does not define."""
+    frozen = GOOD.replace('def build_model(norm="batch"):\n    return ',
+                          'def build_model(norm="batch"):\n    return _freeze(') .replace(
+        "nn.Linear(8, 2))", "nn.Linear(8, 2)))") + "\ndef _freeze(m):\n    m.requires_grad_(False)\n    return m\n"
+    with pytest.raises(TaskError, match=r"build_model\(norm='batch'\) returned a model with no trainable parameter"):
+        check(write(tmp_path, frozen))

@@ -61,7 +61,7 @@ def test_causal_lm_with_the_default_metric_names_the_fix(tasks, tmp_path):
     pytest.importorskip("transformers")
     from batchtune.errors import TaskError
 
-    source = (tasks / "hf_causal_lm.py").read_text().replace("def metric(", "def _metric(")
+    source = (tasks / "hf_causal_lm.py").read_text().replace("def metric(", "def _metric(").replace('METRIC_MODE = "min"', "")
     (tmp_path / "lm.py").write_text(source)
     task = load_task(tmp_path / "lm.py")
     with pytest.raises(TaskError, match=r"the model computes its own loss from targets of shape \(2, 12\) .*define "
