@@ -121,9 +121,21 @@ def replacement(bn: nn.modules.batchnorm._NormBase, norm: str) -> nn.Module:
             new = FeatureGroupNorm(groups, channels, features, eps=bn.eps, affine=bn.affine, **kwargs)
         else:
             new = nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine, **kwargs)
+        _keep_affine(bn, new)
     if _is_norm_act(bn):
         return nn.Sequential(new, getattr(bn, "drop", nn.Identity()), getattr(bn, "act", nn.Identity()))
     return new
+
+
+def _keep_affine(bn: nn.Module, new: nn.Module) -> None:
+    """The per-channel scale and shift carry over (a built or pretrained model's values, ones and zeros
+    when fresh), and so does ``requires_grad``: a BatchNorm in a frozen backbone stays frozen."""
+    for name in ("weight", "bias"):
+        old, param = getattr(bn, name, None), getattr(new, name, None)
+        if isinstance(old, torch.Tensor) and isinstance(param, nn.Parameter) and old.shape == param.shape:
+            with torch.no_grad():
+                param.copy_(old)
+            param.requires_grad_(old.requires_grad)
 
 
 def convert_norm(model: nn.Module, norm: str) -> nn.Module:

@@ -149,3 +149,23 @@ def test_task_with_unknown_subclass_searches_batch_only(tasks, caplog):
     with pytest.raises(TaskError, match=r"bn_act\.py: build_model\(\): BatchNormAct2d at model\.1 is a BatchNorm "
                                         r"subclass .* add a `norm` argument to build_model"):
         search_norms(task, ["batch", "group"])
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_a_frozen_batchnorm_stays_frozen_and_keeps_its_affine(norm):
+    """A frozen backbone's BatchNorm became a trainable GroupNorm at ones and zeros: the swap unfroze 2 x C
+    parameters and dropped the pretrained scale and shift."""
+    backbone = nn.Sequential(nn.Conv2d(3, 32, 3), nn.BatchNorm2d(32), nn.ReLU())
+    with torch.no_grad():
+        backbone[1].weight.uniform_(0.5, 2.0)
+        backbone[1].bias.uniform_(-1.0, 1.0)
+    backbone.requires_grad_(False)
+    model = nn.Sequential(backbone, nn.Flatten(), nn.LazyLinear(2))
+    scale, shift = backbone[1].weight.clone(), backbone[1].bias.clone()
+    converted = convert_norm(model, norm)
+    new = converted[0][1]
+    assert isinstance(new, nn.GroupNorm)
+    assert not new.weight.requires_grad and not new.bias.requires_grad
+    assert torch.equal(new.weight, scale) and torch.equal(new.bias, shift)
+    trainable = [n for n, p in converted.named_parameters() if p.requires_grad]
+    assert trainable == ["2.weight", "2.bias"]
