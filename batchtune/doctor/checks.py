@@ -116,6 +116,8 @@ def read_labels(dataset: Any, budget: float = LABEL_TIME_BUDGET, target_key: str
             if isinstance(attr, (torch.Tensor, np.ndarray, list)) and len(attr) == n:
                 raw = attr
                 break
+    if raw is not None and np.asarray(raw if not isinstance(raw, torch.Tensor) else raw.detach().cpu()).dtype.kind not in "biuf":
+        raw = None  # a `labels` attribute of strings, mapped to numbers in __getitem__: read the items instead
     complete = True
     if raw is None:
         items = []

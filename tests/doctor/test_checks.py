@@ -127,3 +127,27 @@ def test_check_cli_exit_codes_and_json(cli, tasks):
     assert missing.exit_code == 2 and "no such task file" in missing.output
     zero = cli("check", tasks / "tiny_mlp.py", "--batch-size", "0")
     assert zero.exit_code == 2 and "--batch-size" in zero.output
+
+
+def test_a_labels_attribute_of_strings_falls_back_to_the_items():
+    """A Dataset keeping its labels as names (mapped to numbers in __getitem__) had every label check
+    skipped as "not one number per sample"; the items hold the numbers."""
+    import torch
+
+    from batchtune.doctor.checks import read_labels
+
+    names = ["a", "b", "c"]
+
+    class Named(torch.utils.data.Dataset):
+        def __init__(self):
+            self.labels = sorted(names[i % 3] for i in range(30))
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return torch.zeros(2), names.index(self.labels[i])
+
+    labels = read_labels(Named())
+    assert labels is not None and labels.kind == "class"
+    assert labels.values.tolist() == [0] * 10 + [1] * 10 + [2] * 10
