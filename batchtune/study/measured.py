@@ -291,9 +291,13 @@ def _spread_warnings(candidates: list[Candidate], tolerance: Any, bounds: LrBoun
     if not wide:
         return []
     spreads = ", ".join(f"trial {c.trial} ±{c.spread:.2g}" for c in wide)
-    out = [f"{len(wide)} of {len(candidates)} candidate(s) vary between seeds by more than the {tolerance.describe()} "
-           f"tolerance ({spreads}): their ranking against each other is uncertain; raise --rerun-seeds to rank "
-           "them (or --epochs, if a short budget leaves some seeds still learning)"]
+    if len(candidates) == 1:
+        what = (f"the only candidate varies between seeds by more than the {tolerance.describe()} tolerance ({spreads}): "
+                "its stated mean is uncertain by more than the tolerance; raise --rerun-seeds to pin it down")
+    else:
+        what = (f"{len(wide)} of {len(candidates)} candidates vary between seeds by more than the {tolerance.describe()} "
+                f"tolerance ({spreads}): their ranking against each other is uncertain; raise --rerun-seeds to rank them")
+    out = [what + " (or --epochs, if a short budget leaves some seeds still learning)"]
     near = [(c, m) for c in wide if (m := _near_instability(c, bounds))]
     blind = [c for c in wide if _near_instability(c, bounds) == 0.0]
     for group, why in (([c for c, _ in near], None), (blind, "no range test to tell")):

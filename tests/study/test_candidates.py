@@ -106,7 +106,8 @@ def test_weak_answers_are_named():
     assert "top of its measured window" in text
     text = " ".join(weak_answer_warnings(TRIALS, noisy, mode="max", tolerance=Tolerance(0.01, "absolute"),
                                          chance=0.1, bounds=None, rerun_seeds_=0))
-    assert "1 of 1 candidate(s) vary between seeds by more than the 1 percentage points tolerance (trial 0 ±0.05)" in text
+    assert ("the only candidate varies between seeds by more than the 1 percentage points tolerance (trial 0 ±0.05): "
+            "its stated mean is uncertain by more than the tolerance") in text
     assert "no re-runs" in text
     assert "--lr-min 0.00033 --lr-max 0.01" in text  # no range test: the way to search below an LR whose seeds disagree
     assert "near chance" not in text and "only 4 trial(s)" in text
@@ -133,7 +134,7 @@ def test_a_wide_seed_spread_points_below_the_lr_only_near_the_range_tests_loss_m
     text = weak_answer_warnings(TRIALS, [noisy(4, 0.000428), noisy(5, 0.006), quiet], mode="max",
                                 tolerance=Tolerance(0.01, "absolute"), chance=0.25, bounds=bounds, rerun_seeds_=2)
     spread = [w for w in text if "vary between seeds" in w]
-    assert spread == ["2 of 3 candidate(s) vary between seeds by more than the 1 percentage points tolerance "
+    assert spread == ["2 of 3 candidates vary between seeds by more than the 1 percentage points tolerance "
                       "(trial 4 ±0.04, trial 5 ±0.04): their ranking against each other is uncertain; raise "
                       "--rerun-seeds to rank them (or --epochs, if a short budget leaves some seeds still learning)"]
     below = [w for w in text if "search below" in w]
