@@ -33,7 +33,7 @@ from batchtune.units import (
 @click.option("--batch-size-min", type=int, default=8, show_default=True, help="First size; the probe doubles from it.")
 @click.option("--batch-size-max", type=int, default=None, help="Largest size to try [default: the training set size].")
 @click.option("--peak-flops", callback=flops_option, default=None, help="Peak FLOP/s for MFU, e.g. 312T [default: the datasheet table].")
-@click.option("--threads", type=int, default=None, help="CPU threads [default: torch's default].")
+@click.option("--threads", type=int, default=None, help="CPU threads [default: the cores the load average leaves idle].")
 @click.option("--time-cap", type=float, default=0.5, show_default=True, help="Seconds of timed steps per size, at most.")
 @click.option("--seed", type=int, callback=seed_option, default=0, show_default=True)
 @click.option("--output", "output_dir", default="reports", show_default=True, help="Folder for reports.")
@@ -48,6 +48,10 @@ def command(task: str, output_dir: str, no_plots: bool, as_json: bool, **opts: A
     from batchtune.probing.report import terminal_table, write_probe_report
 
     config = ProbeConfig(task_path=task, output_dir=output_dir, plots=not no_plots, **opts)
+    from batchtune.trial.device import busy_machine
+
+    if busy := busy_machine(config.threads):
+        click.echo(f"warning: {busy}", err=True)
 
     def on_start(info: dict[str, Any]) -> None:
         click.echo(
@@ -72,6 +76,9 @@ def command(task: str, output_dir: str, no_plots: bool, as_json: bool, **opts: A
         return
     click.echo("")
     click.echo(terminal_table(result))
+    for note in result.notes:
+        if note.startswith(("Noisy timing", "The training items differ")):
+            click.echo(f"note: {note}")
     click.echo("")
     for name, path in paths.items():
         if not name.startswith("plot:"):

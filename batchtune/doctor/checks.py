@@ -347,6 +347,28 @@ def check_batchnorm(model: Any, n: int, batch_sizes: Sequence[int], other_norms:
 # ----------------------------------------------------------------------------------- the loader
 
 
+def _time_steps(task: Any, model: Any, optimizer: Any, inputs: Any, target: Any, device: Any) -> list[float]:
+    """Seconds per training step on one preloaded batch, after two burn-in steps (nanoGPT's bench.py)."""
+    import torch
+
+    from batchtune.task.contract import forward
+
+    times: list[float] = []
+    for i in range(12):
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = task.loss_fn(forward(model, inputs, task.target_key), target)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+        if i >= 4 and sum(times) > 1.0:
+            break
+    return times
+
+
 def check_loader(task: Any, dataset: Any, model: Any, batch_size: int, device: Any, *, seed: int = 0) -> list[Finding]:
     """Time batches from the real DataLoader against training steps on preloaded tensors.
 
@@ -356,7 +378,7 @@ def check_loader(task: Any, dataset: Any, model: Any, batch_size: int, device: A
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from batchtune.task.contract import build_optimizer, forward, split_batch
+    from batchtune.task.contract import build_optimizer, split_batch
     from batchtune.trial.train import to_device
 
     if batch_size > len(dataset):
@@ -380,19 +402,16 @@ def check_loader(task: Any, dataset: Any, model: Any, batch_size: int, device: A
     inputs, target = to_device(inputs, device), to_device(target, device)
     optimizer = build_optimizer(task, model, 1e-4)
     model.train()
-    compute_times = []
-    for i in range(12):
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = task.loss_fn(forward(model, inputs, task.target_key), target)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= 2:  # burn-in steps first (nanoGPT's bench.py)
-            compute_times.append(time.perf_counter() - t0)
-        if i >= 4 and sum(compute_times) > 1.0:
-            break
+    from batchtune.trial.device import default_threads
+
+    # The threads a trial would get (the idle cores): torch's thread per core stalls on a busy machine,
+    # and a 0.2 ms step timed at 20 ms made a starving loader look harmless.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(default_threads(1))
+    try:
+        compute_times = _time_steps(task, model, optimizer, inputs, target, device)
+    finally:
+        torch.set_num_threads(threads)
     load = statistics.median(load_times)
     compute = statistics.median(compute_times)
     # The task's DATALOADER workers (which batchtune's trials use too) fetch batches while the model

@@ -34,6 +34,8 @@ from batchtune.study.config import check_batch_range, check_plain_name
 from batchtune.task.choices import PRECISIONS
 from batchtune.units import format_bytes
 
+from batchtune.trial.timing import NOISY_REL_IQR
+
 log = logging.getLogger(__name__)
 
 # Target spread of step times: stop timing a size once IQR/median is below this (torch.utils.benchmark
@@ -412,7 +414,6 @@ def probe(
     Raises :class:`~batchtune.errors.BatchtuneError` subclasses for bad input; out-of-memory and
     failures at a batch size are results (points that do not fit), not exceptions.
     """
-    import torch
 
     from batchtune.probing.flops import FLOPS_NOTE, device_peak
     from batchtune.task.contract import dry_run, load_task, make_dataset, search_norms
@@ -432,7 +433,11 @@ def probe(
             f"--batch-size-min {cfg.batch_size_min} is larger than the training set ({train_size} samples); lower it"
         )
     granularity = cfg.granularity or (8 if device.type in ("cuda", "mps") else 1)
-    threads = cfg.threads or torch.get_num_threads()
+    from batchtune.trial.device import default_threads
+
+    # torch's default, a thread per core, stalls at every parallel region when other programs hold a core
+    # (100-200x slower steps seen on a shared 2-core machine): the cores the load average leaves idle.
+    threads = cfg.threads or default_threads(1)
     env = environment(device, threads=threads)
     limit: int | None = cfg.memory_budget
     limit_source = "--memory-budget"
@@ -491,6 +496,16 @@ def probe(
         notes.append(
             "The training items differ in size (variable-length data): each size's first step trained on the "
             "largest items, so a size fits only if the batch that needs the most memory does."
+        )
+    noisy = [(c.label, p.batch_size, p.step_time_iqr / p.step_time_median) for c in curves for p in c.points
+             if p.fits and p.step_time_iqr is not None and p.step_time_median
+             and p.step_time_iqr / p.step_time_median >= NOISY_REL_IQR]
+    if noisy:
+        worst = max(noisy, key=lambda n: n[2])
+        notes.append(
+            f"Noisy timing at {len(noisy)} size(s) (IQR/median >= {NOISY_REL_IQR:.0%}; worst {worst[2]:.0%} at "
+            f"{worst[0]} batch {worst[1]}): their throughput, and a knee read from it, are uncertain; run when the "
+            "machine is idle, pass --threads 1, or raise --time-cap."
         )
     over = sorted({c.label for c in curves for p in c.points if (p.matmul_utilisation or 0) > 1})
     if over:

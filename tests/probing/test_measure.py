@@ -307,3 +307,25 @@ def test_variable_length_data_fits_only_if_the_longest_batch_does(tasks, monkeyp
     assert tuple(inputs.shape) == (4, 40)
     dense = torch.utils.data.TensorDataset(torch.zeros(8, 3), torch.zeros(8))
     assert longest_batch(dense, 4, None) is None
+
+
+def test_noisy_sizes_are_named_in_the_notes(tasks, monkeypatch):
+    """Timings whose IQR is a large share of the median (a busy machine) are named, with the fix."""
+    import batchtune.probing.measure as measure
+
+    real = measure._to_point
+
+    def noisy(outcome, size, budget, order):
+        point = real(outcome, size, budget, order)
+        if point.fits and size == 16:
+            from dataclasses import replace
+
+            point = replace(point, step_time_iqr=point.step_time_median * 1.5)
+        return point
+
+    monkeypatch.setattr(measure, "_to_point", noisy)
+    path = tasks / "tiny_mlp.py"
+    result = probe(ProbeConfig(task_path=str(path), norms=("batch",), batch_size_min=8, batch_size_max=32, **FAST),
+                   runner=_InProcess(path))
+    (note,) = [n for n in result.notes if n.startswith("Noisy timing")]
+    assert "worst 150% at batch/fp32 batch 16" in note and "--threads 1" in note
