@@ -163,6 +163,9 @@ class LrBounds:
     exponent: float | None  # d log(LR) / d log(batch), pooled over norms
     exponent_se: float | None
     fallback: tuple[float, float]  # the window of a cell with no usable test
+    # Tested cells ("batch/norm") whose loss still fell at the ramp's last LR: their minimum lies beyond the
+    # ramp, so their windows end at its end and they are left out of the exponent's fit.
+    at_ramp_end: tuple[str, ...] = ()
 
     def window(self, batch_size: int, norm: str) -> tuple[float, float]:
         return self.windows.get(f"{batch_size}/{norm}", self.fallback)
@@ -184,13 +187,15 @@ class LrBounds:
 
     def to_dict(self) -> dict[str, Any]:
         return {"windows": {k: [float(f"{v:.4g}") for v in w] for k, w in self.windows.items()},
-                "exponent": self.exponent, "exponent_se": self.exponent_se, "fallback": list(self.fallback)}
+                "exponent": self.exponent, "exponent_se": self.exponent_se, "fallback": list(self.fallback),
+                "at_ramp_end": list(self.at_ramp_end)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LrBounds:
         return cls(windows={k: (float(w[0]), float(w[1])) for k, w in data["windows"].items()},
                    exponent=data.get("exponent"), exponent_se=data.get("exponent_se"),
-                   fallback=(float(data["fallback"][0]), float(data["fallback"][1])))
+                   fallback=(float(data["fallback"][0]), float(data["fallback"][1])),
+                   at_ramp_end=tuple(data.get("at_ramp_end") or ()))
 
 
 def fit_bounds(tests: Sequence[RangeTest], sizes: Sequence[int], norms: Sequence[str], family: str) -> LrBounds:
@@ -210,9 +215,19 @@ def fit_bounds(tests: Sequence[RangeTest], sizes: Sequence[int], norms: Sequence
             continue
         for b in sizes:
             windows[f"{b}/{norm}"] = (_interp(lows[norm], b), _interp(highs[norm], b))
-    peaks = {norm: {b: v * WINDOW_BELOW for b, v in per.items()} for norm, per in lows.items()}
+    # A minimum at the ramp's last LR is censored (the loss was still falling): it bounds the window, but
+    # fitting the scaling on it would measure the ramp's end (all such cells alike: an exponent of 0 ± 0).
+    ends = {(t.batch_size, t.norm) for t in tests if t.lr_at_min is not None and _min_at_ramp_end(t, family)}
+    peaks = {norm: {b: v * WINDOW_BELOW for b, v in per.items() if (b, norm) not in ends} for norm, per in lows.items()}
     exponent, se = scaling_exponent(peaks)
-    return LrBounds(windows=windows, exponent=exponent, exponent_se=se, fallback=fallback)
+    return LrBounds(windows=windows, exponent=exponent, exponent_se=se, fallback=fallback,
+                    at_ramp_end=tuple(f"{b}/{n}" for b, n in sorted(ends)))
+
+
+def _min_at_ramp_end(test: RangeTest, family: str) -> bool:
+    """Whether the smoothed loss was lowest at the ramp's last step, the end of its LR range."""
+    return (int(np.argmin(test.losses)) == len(test.losses) - 1
+            and test.lrs[-1] >= END[family] * (1 - 1e-6))
 
 
 def start_design(bounds: LrBounds, sizes: Sequence[int], norms: Sequence[str], *,

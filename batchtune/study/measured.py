@@ -326,6 +326,18 @@ def weak_answer_warnings(trials: Any, candidates: list[Candidate], *, mode: str,
     if len(full) < 5:
         out.append(f"only {len(full)} trial(s) trained to full length: too few to know the region around the best; "
                    "raise --budget")
+    if "steps" in full and len(full):
+        import pandas as pd
+
+        from batchtune.study.budget import MIN_STEPS
+
+        short = full[pd.to_numeric(full["steps"], errors="coerce") < MIN_STEPS]
+        if len(short):
+            sizes = ", ".join(str(int(b)) for b in sorted(short["batch_size"].unique()))
+            low, high = int(short["steps"].min()), int(short["steps"].max())
+            steps = f"{low}" if low == high else f"{low} to {high}"
+            out.append(f"trials at batch {sizes} trained only {steps} optimizer steps (fewer than {MIN_STEPS}): too "
+                       "short to judge a configuration well; raise --epochs (the budget scales with it)")
     means = [c.mean for c in candidates if c.mean is not None]
     if chance is not None and means and mode == "max":
         best = max(means)

@@ -232,6 +232,11 @@ def measured_section(s: dict[str, Any]) -> list[str]:
                    + (f" (± {se:.2f} standard error)" if se is not None else "")
                    + " (linear scaling would be 1, square-root 0.5)." if exp is not None else
                    "Too few range tests gave a signal to fit how the LR scales with the batch size.")
+        ends = bounds.get("at_ramp_end") or []
+        if ends:
+            scaling += (f" At {', '.join(ends)} (batch/norm) the training loss was still falling at the ramp's last LR: "
+                        "the loss minimum lies beyond the tested range, so those windows end at the ramp's end and "
+                        "those tests are left out of the scaling fit.")
         lines += [
             "## Learning-rate windows (LR range test)",
             "",

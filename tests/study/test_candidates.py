@@ -104,6 +104,11 @@ def test_weak_answers_are_named():
     assert "only 1 trial(s) trained to full length" in text
     assert "near chance (0.3)" in text
     assert "top of its measured window" in text
+    assert "optimizer steps (fewer than" not in text  # no steps recorded: nothing said
+    few["steps"] = [26]  # a small training set: the smallest size kept, though short
+    text = " ".join(weak_answer_warnings(few, near_chance, mode="max", tolerance=None, chance=None, bounds=None,
+                                         rerun_seeds_=2))
+    assert "trials at batch 16 trained only 26 optimizer steps (fewer than 50)" in text
     text = " ".join(weak_answer_warnings(TRIALS, noisy, mode="max", tolerance=Tolerance(0.01, "absolute"),
                                          chance=0.1, bounds=None, rerun_seeds_=0))
     assert ("the only candidate varies between seeds by more than the 1 percentage points tolerance (trial 0 ±0.05): "

@@ -179,3 +179,18 @@ def test_the_search_brackets_only_when_the_trials_budget_holds_two_full_trials_p
     assert [p["norm"] for p in _start_design(cfg, setup, plan(3.9))] == ["batch", "none"]
     # A cell that does not fit is not started in, at either LR.
     assert [p["norm"] for p in _start_design(cfg, setup, plan(4, unfit=["32/none/fp32"]))] == ["batch", "batch"]
+
+
+def test_a_minimum_at_the_ramps_end_is_left_out_of_the_scaling_fit():
+    """A loss still falling at the ramp's last LR (an autoencoder, a tagger) put every cell's minimum at the
+    ramp's end, and the report stated a scaling exponent of 0.00 ± 0.00 measured on nothing but the ramp."""
+    still_falling = [ramp(8, "none", turn=100.0), ramp(64, "none", turn=100.0)]
+    assert all(t.lrs[-1] == pytest.approx(10.0) for t in still_falling)
+    bounds = fit_bounds(still_falling, [8, 64], ["none"], "sgd")
+    assert bounds.at_ramp_end == ("8/none", "64/none")
+    assert bounds.exponent is None  # nothing left to fit
+    assert bounds.window(8, "none")[1] == pytest.approx(10.0)  # the window still reaches the ramp's end
+    turning = [ramp(8, "batch", turn=0.01), ramp(64, "batch", turn=0.08)]
+    mixed = fit_bounds(still_falling + turning, [8, 64], ["none", "batch"], "sgd")
+    assert mixed.exponent == pytest.approx(1.0, abs=0.15)  # from the batch norm tests alone
+    assert LrBounds.from_dict(mixed.to_dict()).at_ramp_end == ("8/none", "64/none")
