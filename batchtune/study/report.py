@@ -11,6 +11,7 @@ import pandas as pd
 
 from batchtune.errors import OutputError
 from batchtune.files import ensure_dir, write_json, write_text
+from batchtune.study.lr_range import WINDOW_ABOVE, WINDOW_BELOW
 from batchtune.units import format_bytes
 
 
@@ -235,14 +236,15 @@ def measured_section(s: dict[str, Any]) -> list[str]:
         ends = bounds.get("at_ramp_end") or []
         if ends:
             scaling += (f" At {', '.join(ends)} (batch/norm) the training loss was still falling at the ramp's last LR: "
-                        "the loss minimum lies beyond the tested range, so those windows end at the ramp's end and "
-                        "those tests are left out of the scaling fit.")
+                        "the loss minimum lies beyond the tested range, so those windows may sit below the best LR (pass "
+                        "--lr-min/--lr-max to search higher) and those tests are left out of the scaling fit.")
         lines += [
             "## Learning-rate windows (LR range test)",
             "",
             f"Each cell's LR was sampled log-uniformly in a window measured by an LR range test (Smith 2017, "
-            f"sec. 3.3; {lr.get('steps')} steps, LR growing exponentially): from 1/100 of the LR where the smoothed "
-            "training loss was lowest up to twice that LR; untested batch sizes are interpolated in log-log. " + scaling,
+            f"sec. 3.3; {lr.get('steps')} steps, LR growing exponentially): from 1/{WINDOW_BELOW:g} of the LR where "
+            f"the smoothed training loss was lowest up to {_times(WINDOW_ABOVE)}that LR; untested batch sizes are "
+            "interpolated in log-log. " + scaling,
             "",
             pd.DataFrame([{"cell (batch/norm)": k, "low": f"{w[0]:.3g}", "high": f"{w[1]:.3g}"}
                           for k, w in bounds.get("windows", {}).items()]).to_markdown(index=False) if bounds.get("windows")
@@ -415,3 +417,8 @@ def write_search_report(result: Any, out_dir: Path, *, plots: bool = True) -> di
 
 def summary_json(result: Any) -> str:
     return json.dumps(result.summary, indent=2, allow_nan=False)
+
+
+def _times(factor: float) -> str:
+    """"half of ", "twice ", "3x ": a multiple of the loss minimum's LR in words, before "that LR"."""
+    return {0.5: "half of ", 1.0: "", 2.0: "twice "}.get(factor, f"{factor:g}x ")
