@@ -169,12 +169,22 @@ def convert_norm(model: nn.Module, norm: str) -> nn.Module:
     return converted
 
 
-def _convert(model: nn.Module, norm: str) -> nn.Module:
+def _convert(model: nn.Module, norm: str, done: dict[int, nn.Module] | None = None) -> nn.Module:
+    """``done`` maps each BatchNorm already replaced to its replacement: a layer registered twice (shared by
+    two branches) gets one replacement, shared the same way, not two independent ones."""
+    done = {} if done is None else done
     if isinstance(model, _BATCHNORMS):
-        return replacement(model, norm)
-    for name, child in list(model.named_children()):
+        return done.setdefault(id(model), replacement(model, norm))
+    # Not named_children(): it yields a module registered under two names once, leaving the second name
+    # holding the BatchNorm.
+    for name, child in list(model._modules.items()):
+        if child is None:
+            continue
         if isinstance(child, _BATCHNORMS):
-            setattr(model, name, replacement(child, norm))
-        else:
-            _convert(child, norm)
+            if id(child) not in done:
+                done[id(child)] = replacement(child, norm)
+            setattr(model, name, done[id(child)])
+        elif id(child) not in done:
+            done[id(child)] = child  # a shared submodule is walked once
+            _convert(child, norm, done)
     return model

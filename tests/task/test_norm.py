@@ -169,3 +169,29 @@ def test_a_frozen_batchnorm_stays_frozen_and_keeps_its_affine(norm):
     assert torch.equal(new.weight, scale) and torch.equal(new.bias, shift)
     trainable = [n for n, p in converted.named_parameters() if p.requires_grad]
     assert trainable == ["2.weight", "2.bias"]
+
+
+@pytest.mark.parametrize("norm", ["group", "layer", "none"])
+def test_a_shared_batchnorm_stays_shared(norm):
+    """One BatchNorm used by two branches became two independent GroupNorms: the swapped model had more
+    parameters than the user's, and its trials trained another architecture."""
+    shared = nn.BatchNorm1d(32)
+
+    class TwoBranches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 32), nn.Linear(4, 32)
+            self.norm_a = shared
+            self.norm_b = shared
+            self.head = nn.Linear(32, 2)
+
+        def forward(self, x):
+            return self.head(self.norm_a(self.a(x)) + self.norm_b(self.b(x)))
+
+    model = TwoBranches()
+    before = sum(p.numel() for p in model.parameters()) - 2 * 32  # the batch norm's own affine, counted once
+    converted = convert_norm(model, norm)
+    assert converted.norm_a is converted.norm_b
+    replaced = converted.norm_a
+    assert sum(p.numel() for p in converted.parameters()) == before + sum(p.numel() for p in replaced.parameters())
+    assert count_batchnorm(converted) == 0
