@@ -79,7 +79,7 @@ def _step_summary(markdown: str, path: str | None) -> None:
 @click.argument("task", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--batch-size", type=int, default=None, help="Batch size to measure (required unless --compare gives it).")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: 0.05].")
-@click.option("--norm", default=None, help="Normalization: batch, group, layer or none [default: the task's first NORMS, else batch].")
+@click.option("--norm", default=None, help="Normalization: batch, group, layer or none [default: the task's first NORMS, else batch; as built for a model with no BatchNorm and no `norm` argument].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="[default: fp32]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--threads", type=int, default=None, help="CPU threads, pinned and recorded [default: 1].")

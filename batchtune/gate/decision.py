@@ -48,6 +48,7 @@ from batchtune.gate.baseline import (
     BenchRun,
 )
 from batchtune.study.config import Tolerance
+from batchtune.task.choices import AS_BUILT
 from batchtune.trial.timing import summarize
 from batchtune.units import format_bytes
 
@@ -368,8 +369,11 @@ class Decision:
 def mismatches(baseline: BenchRun, current: BenchRun, *, ignore: Sequence[str] = ()) -> list[Mismatch]:
     """Fields of the configuration and the refusing fingerprint that differ (except ``ignore``)."""
     out = []
+    same_task = baseline.fingerprint.get("task_sha256") == current.fingerprint.get("task_sha256")
     for key in CONFIG_FIELDS:
         a, b = baseline.config.get(key), current.config.get(key)
+        if key == "norm" and same_task and {a, b} == {"batch", AS_BUILT}:
+            continue  # a model with no BatchNorm and no `norm` argument, labelled "batch" by earlier releases
         if a != b:
             out.append(Mismatch(key, a, b))
     for key in FINGERPRINT_FIELDS:

@@ -168,6 +168,17 @@ def prepare(config: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     task = load_task(cfg.task_path)
     device = resolve_device(cfg.device)
     norm = cfg.norm or (task.file_norms[0] if task.file_norms else "batch")
+    if not task.takes_norm:
+        from batchtune.task.contract import build_model
+        from batchtune.task.norm import count_batchnorm
+
+        if count_batchnorm(build_model(task, AS_BUILT)) == 0:  # nothing to convert: the model runs as built
+            if norm not in ("batch", AS_BUILT):
+                raise UsageError(
+                    f"--norm {norm!r}: {cfg.task_path} has no BatchNorm layer to convert and build_model takes no "
+                    "`norm`, so the model runs as built; drop --norm"
+                )
+            norm = AS_BUILT
     if not task.takes_norm and norm not in NORM_CHOICES + (AS_BUILT,):
         raise UsageError(
             f"--norm {norm!r}: {cfg.task_path} has no `norm` argument, so BatchNorm is converted; "

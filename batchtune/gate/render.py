@@ -12,6 +12,7 @@ from batchtune.gate.decision import (
     num,
     throughput_text,
 )
+from batchtune.task.choices import AS_BUILT
 from batchtune.trial.timing import summarize
 from batchtune.units import format_bytes
 
@@ -85,7 +86,7 @@ def render_run(run: BenchRun) -> str:
         rows.append([f"validation metric after {run.config['epochs']:g} epochs", num(run.metric)])
     cfg = run.config
     head = (
-        f"### batchtune bench: {run.task}\n\nbatch size {cfg['batch_size']}, lr {cfg['lr']:g}, {cfg['norm']} norm, "
+        f"### batchtune bench: {run.task}\n\nbatch size {cfg['batch_size']}, lr {cfg['lr']:g}, {'as built' if cfg['norm'] == AS_BUILT else cfg['norm'] + ' norm'}, "
         f"{cfg['precision']}, {cfg['device']}, {run.fingerprint.get('threads')} thread(s), clock {cfg['clock']}\n"
     )
     body = tabulate(rows, headers=["figure", "value"], tablefmt="github")

@@ -652,6 +652,14 @@ def search_norms(task: Task, requested: Sequence[str] | None) -> tuple[tuple[str
 
     model = build_model(task, AS_BUILT)
     if count_batchnorm(model) == 0:
+        named = [n for n in explicit if n not in ("batch", AS_BUILT)]
+        if named:
+            where = "--norms" if requested else "NORMS"
+            raise TaskError(
+                f"{task.path}: {where} names {', '.join(named)}, but the model has no BatchNorm layer to convert and "
+                f"build_model takes no `norm`, so it can only run as built; drop {where}, or give build_model a `norm` "
+                "argument that builds each normalization"
+            )
         return (AS_BUILT,), "the model has no BatchNorm layer and build_model takes no `norm`, so it is searched as built"
     choices = explicit or NORM_CHOICES
     unknown = [n for n in choices if n not in NORM_CHOICES]

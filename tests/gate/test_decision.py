@@ -279,3 +279,24 @@ def test_a_large_machine_speed_change_is_noted():
     assert any("very different speed" in note for note in decision.notes)
     steady = decide(run(base_steps, calibration=base_ref), run(base_steps, calibration=base_ref))
     assert not any("very different speed" in note for note in steady.notes)
+
+
+def test_a_model_without_batchnorm_runs_as_built_and_old_batch_labels_still_compare(tasks):
+    """bench labelled a model with no BatchNorm and no `norm` argument "batch norm" and accepted --norm group,
+    which changed nothing but the label (and the comparability fingerprint)."""
+    from batchtune.errors import UsageError
+    from batchtune.gate.decision import mismatches
+    from batchtune.gate.measure import BenchConfig, prepare
+
+    path = str(tasks / "lstm_varlen.py")  # an LSTM: no BatchNorm, build_model() takes no norm
+    config, fingerprint = prepare(BenchConfig(task_path=path, batch_size=8))
+    assert config["norm"] == "as-built"
+    with pytest.raises(UsageError, match=r"--norm 'group': .* has no BatchNorm layer to convert .*drop --norm"):
+        prepare(BenchConfig(task_path=path, batch_size=8, norm="group"))
+    # A baseline saved before, labelled "batch", compares with the same task file; another file does not.
+    samples = repeats(0.01, seed=0)
+    old = run(samples, config={**CONFIG, "norm": "batch"}, fingerprint={**FINGERPRINT, "task_sha256": "a"})
+    new = run(samples, config={**CONFIG, "norm": "as-built"}, fingerprint={**FINGERPRINT, "task_sha256": "a"})
+    assert mismatches(old, new) == []
+    edited = run(samples, config={**CONFIG, "norm": "as-built"}, fingerprint={**FINGERPRINT, "task_sha256": "b"})
+    assert {m.field for m in mismatches(old, edited)} == {"norm", "task_sha256"}

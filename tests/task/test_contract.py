@@ -726,3 +726,28 @@ def test_a_model_with_nothing_to_train_is_named(tmp_path):
         "nn.Linear(8, 2))", "nn.Linear(8, 2)))") + "\ndef _freeze(m):\n    m.requires_grad_(False)\n    return m\n"
     with pytest.raises(TaskError, match=r"build_model\(norm='batch'\) returned a model with no trainable parameter"):
         check(write(tmp_path, frozen))
+
+
+def test_named_norms_a_model_cannot_take_are_refused(tmp_path):
+    """--norms group on a model with no BatchNorm and no `norm` argument searched it as built, silently."""
+    plain = """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    def build_model():
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    def train_dataset():
+        return TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+
+    def val_dataset():
+        return TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    """
+    task = load_task(write(tmp_path, plain))
+    with pytest.raises(TaskError, match=r"--norms names group, but the model has no BatchNorm layer to convert"):
+        search_norms(task, ["group"])
+    assert search_norms(task, None)[0] == (AS_BUILT,)
+    task = load_task(write(tmp_path, plain.rstrip(' ') + '    NORMS = ["layer"]\n'))
+    with pytest.raises(TaskError, match=r"NORMS names layer, .*drop NORMS"):
+        search_norms(task, None)
