@@ -94,12 +94,15 @@ class Labels:
     complete: bool  # False when only a prefix of the dataset was read
 
 
-def read_labels(dataset: Any, budget: float = LABEL_TIME_BUDGET, target_key: str | None = None) -> Labels | None:
+def read_labels(dataset: Any, budget: float = LABEL_TIME_BUDGET, target_key: str | None = None,
+                collate: Any = None) -> Labels | None:
     """The targets of a dataset as a 1-D array, or None when they are not one number per sample.
 
     TensorDataset, datasets with a ``targets`` or ``labels`` attribute (torchvision's) and a Hugging
     Face dataset's ``target_key`` column are read at once; anything else item by item, in index
-    order, for at most ``budget`` seconds (``item[target_key]`` of dict items, else ``item[1]``).
+    order, for at most ``budget`` seconds (``item[target_key]`` of dict items, else ``item[1]``). Dict
+    items without ``target_key`` (a ``collate_fn`` that adds it, as Hugging Face's ``labels`` from ``label``)
+    are read through ``collate`` in batches of 64, when given.
     """
     import torch
     from torch.utils.data import TensorDataset
@@ -127,7 +130,9 @@ def read_labels(dataset: Any, budget: float = LABEL_TIME_BUDGET, target_key: str
             try:
                 items.append(item[target_key] if target_key is not None and isinstance(item, Mapping) else item[1])
             except (KeyError, IndexError, TypeError):
-                return None  # items a collate_fn makes sense of: no labels to check
+                if collate is None or i > 0:
+                    return None  # items a collate_fn makes sense of: no labels to check
+                return _collated_labels(dataset, budget, target_key, collate)
             if time.perf_counter() - start > budget:
                 complete = False
                 break
@@ -140,6 +145,33 @@ def read_labels(dataset: Any, budget: float = LABEL_TIME_BUDGET, target_key: str
         arr = arr[:, 0]
     if arr.ndim != 1 or arr.size < 2 or arr.dtype.kind not in "biuf":
         return None
+    if arr.dtype.kind in "biu":
+        return Labels(arr.astype(np.int64), "class", complete)
+    return Labels(arr.astype(float), "scalar", complete)
+
+
+def _collated_labels(dataset: Any, budget: float, target_key: str | None, collate: Any) -> Labels | None:
+    """The targets of batches of 64 items made by ``collate`` (``batch[target_key]`` of a dict, else ``batch[1]``),
+    in index order for at most ``budget`` seconds; None when a batch holds no targets of one number per sample."""
+    import torch
+
+    n, chunks, start = len(dataset), [], time.perf_counter()
+    for first in range(0, n, 64):
+        try:
+            batch = collate([dataset[i] for i in range(first, min(n, first + 64))])
+            target = torch.as_tensor(batch[target_key] if target_key is not None and isinstance(batch, Mapping)
+                                     else batch[1])
+        except Exception:  # noqa: BLE001 - the user's collate_fn; the dry run has reported what is wrong with it
+            return None
+        if target.dim() > 2 or (target.dim() == 2 and target.shape[1] != 1):
+            return None  # not one number per sample
+        chunks.append(target.reshape(-1))
+        if time.perf_counter() - start > budget:
+            break
+    arr = torch.cat(chunks).cpu().numpy()
+    if arr.size < 2 or arr.dtype.kind not in "biuf":
+        return None
+    complete = sum(c.numel() for c in chunks) >= n
     if arr.dtype.kind in "biu":
         return Labels(arr.astype(np.int64), "class", complete)
     return Labels(arr.astype(float), "scalar", complete)
@@ -500,7 +532,7 @@ def diagnose(
     model = build_model(task, chosen).to(dev)
     if chosen in ("batch", "as-built"):
         findings += check_batchnorm(model, n, sizes, other_norms)
-    labels = read_labels(train, target_key=task.target_key)
+    labels = read_labels(train, target_key=task.target_key, collate=task.collate_fn)
     if labels is None:
         findings.append(Finding(
             "label-balance", "info", "the targets are not one number per sample, so the label checks were skipped",
@@ -516,7 +548,7 @@ def diagnose(
             ))
         if fitting:
             findings += check_label_balance(labels, fitting[0], seed=seed)
-        findings += check_sorted(labels, read_labels(val, target_key=task.target_key))
+        findings += check_sorted(labels, read_labels(val, target_key=task.target_key, collate=task.collate_fn))
     if loader and fitting:
         try:
             findings += check_loader(task, train, model, fitting[-1], dev, seed=seed)

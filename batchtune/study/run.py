@@ -245,7 +245,7 @@ def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
         sizes=sizes, family=family, gpus=gpus, workers=workers,
         threads=cfg.threads or default_threads(workers),
         url=cfg.storage or default_storage(cfg.study_name, cfg.studies_dir),
-        left_out=left_out, chance=None if task.custom_metric else majority_share(val_set, task.target_key),
+        left_out=left_out, chance=None if task.custom_metric else majority_share(val_set, task.target_key, task.collate_fn),
     )
 
 
@@ -487,7 +487,7 @@ def _wait_for(study: Any, params: dict[str, Any], poll: float = 1.0) -> None:
         _recover_dead_trials(study)
 
 
-def majority_share(dataset: Any, target_key: str | None = None) -> float | None:
+def majority_share(dataset: Any, target_key: str | None = None, collate: Any = None) -> float | None:
     """The share of the most frequent class among the targets (the accuracy of always guessing it), or None
     when the targets are not integer class labels. Targets are read as the batch doctor reads them
     (``item[target_key]`` of dict items and Hugging Face columns, else ``item[1]``; a few seconds at most)."""
@@ -495,7 +495,7 @@ def majority_share(dataset: Any, target_key: str | None = None) -> float | None:
 
     from batchtune.doctor.checks import read_labels
 
-    labels = read_labels(dataset, target_key=target_key)
+    labels = read_labels(dataset, target_key=target_key, collate=collate)
     if labels is None or labels.kind != "class":
         return None
     return float(np.bincount(labels.values.clip(min=0)).max()) / len(labels.values)

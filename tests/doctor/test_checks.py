@@ -151,3 +151,24 @@ def test_a_labels_attribute_of_strings_falls_back_to_the_items():
     labels = read_labels(Named())
     assert labels is not None and labels.kind == "class"
     assert labels.values.tolist() == [0] * 10 + [1] * 10 + [2] * 10
+
+
+def test_labels_a_collate_fn_adds_are_read_through_it():
+    """Hugging Face style: items hold "label", collate_fn returns "labels" (TARGET_KEY) so the model computes
+    its own loss. The labels were unread: no chance level for the near-chance warning, no label checks."""
+    import torch
+
+    from batchtune.doctor.checks import read_labels
+    from batchtune.study.run import majority_share
+
+    items = [{"input_ids": torch.ones(3 + i % 4, dtype=torch.long), "label": int(i % 10 == 0)} for i in range(150)]
+
+    def collate(batch):
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.stack([torch.nn.functional.pad(b["input_ids"], (0, width - len(b["input_ids"]))) for b in batch])
+        return {"input_ids": ids, "labels": torch.tensor([b["label"] for b in batch])}
+
+    assert read_labels(items, target_key="labels") is None  # without the collate_fn: not in the items
+    labels = read_labels(items, target_key="labels", collate=collate)
+    assert labels is not None and labels.kind == "class" and labels.complete and len(labels.values) == 150
+    assert majority_share(items, "labels", collate) == 0.9
