@@ -638,8 +638,12 @@ def _metric_row(baseline: BenchRun, current: BenchRun, th: Thresholds) -> Row:
     drop, verdict = metric_verdict(b, c, mode=current.metric_mode, tolerance=th.max_metric_drop)
     tol = th.max_metric_drop
     unit = "%" if tol.kind == "relative" else ""
-    shown = f"{-drop:+.2%}" if tol.kind == "relative" else f"{c - b:+.4g}"
-    limit = f"drop <= {tol.value:.2%}" if unit else f"drop <= {tol.value:g}"
+    # The change as the values moved (a perplexity rising 22-fold is +2118%, not -2118%), then which way is worse.
+    shown = f"{(c - b) / abs(b):+.2%}" if tol.kind == "relative" and b != 0 else f"{c - b:+.4g}"
+    if drop:
+        shown += " (worse)" if drop > 0 else " (better)"
+    word = "drop" if current.metric_mode == "max" else "rise"
+    limit = f"{word} <= {tol.value:.2%}" if unit else f"{word} <= {tol.value:g}"
     return Row(
         figure=figure,
         baseline=num(b),

@@ -300,3 +300,18 @@ def test_a_model_without_batchnorm_runs_as_built_and_old_batch_labels_still_comp
     assert mismatches(old, new) == []
     edited = run(samples, config={**CONFIG, "norm": "as-built"}, fingerprint={**FINGERPRINT, "task_sha256": "b"})
     assert {m.field for m in mismatches(old, edited)} == {"norm", "task_sha256"}
+
+
+def test_the_metric_change_reads_as_the_values_moved():
+    """A perplexity (minimised) rising 22-fold showed as -2118% beside a REGRESSION verdict."""
+    samples = repeats(0.01, seed=0)
+    from dataclasses import replace
+
+    base = replace(run(samples, metric=2.9332, config={**CONFIG, "epochs": 1}), metric_mode="min")
+    worse = replace(run(samples, metric=65.071, config={**CONFIG, "epochs": 1}), metric_mode="min")
+    row = next(r for r in decide(base, worse).rows if r.figure.startswith("validation metric"))
+    assert row.change == "+2118.43% (worse)" and row.threshold.startswith("rise <= ") and row.decision == REGRESSION
+    acc = run(samples, metric=0.95, config={**CONFIG, "epochs": 1})
+    lower = run(samples, metric=0.90, config={**CONFIG, "epochs": 1})
+    row = next(r for r in decide(acc, lower).rows if r.figure.startswith("validation metric"))
+    assert row.change == "-5.26% (worse)" and row.threshold.startswith("drop <= ")
