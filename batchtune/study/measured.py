@@ -310,8 +310,12 @@ def _spread_warnings(candidates: list[Candidate], tolerance: Any, bounds: LrBoun
             whose = "its LR is within {x}x of the LR where its cell's range test" if one else \
                 "their LRs are within {x}x of the LRs where their cells' range tests"
             why = f"{whose.format(x=f'{NEAR_MINIMUM:g}')} found the loss turning up ({minima}): training may be turning unstable there"
-        else:
-            why = f"seeds that disagree this much can mean training turns unstable near the LR ({why})"
+        else:  # no range test: instability and too short a trial look alike, so both fixes are named
+            trials = _names([c.trial for c in group])
+            out.append(f"{trials}'s seeds disagree, and with no range test to tell, that can mean training turns "
+                       f"unstable near {'its LR' if one else 'their LRs'} (search below: {flags}) or that a trial is "
+                       "too short for the seeds to settle (raise --epochs)")
+            continue
         trials = _names([c.trial for c in group])
         out.append(f"{trials}'s seeds disagree and {why}; search below {'its LR' if one else 'their LRs'} "
                    f"({flags})")
