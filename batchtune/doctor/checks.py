@@ -411,6 +411,7 @@ def check_loader(task: Any, dataset: Any, model: Any, batch_size: int, device: A
     from torch.utils.data import DataLoader, TensorDataset
 
     from batchtune.task.contract import build_optimizer, split_batch
+    from batchtune.trial.device import default_threads
     from batchtune.trial.train import to_device
 
     if batch_size > len(dataset):
@@ -434,8 +435,6 @@ def check_loader(task: Any, dataset: Any, model: Any, batch_size: int, device: A
     inputs, target = to_device(inputs, device), to_device(target, device)
     optimizer = build_optimizer(task, model, 1e-4)
     model.train()
-    from batchtune.trial.device import default_threads
-
     # The threads a trial would get (the idle cores): torch's thread per core stalls on a busy machine,
     # and a 0.2 ms step timed at 20 ms made a starving loader look harmless.
     threads = torch.get_num_threads()
