@@ -195,19 +195,38 @@ def trial_budget(budget: Budget, spend: Spend, reserved: int, warnings: list[str
     return left
 
 
+def cell_speeds(cells: CellTable | None, trials: Any) -> dict[tuple[int, str, str], float]:
+    """(batch, norm, precision) -> samples/s: the cells' calibrated figures, or without a cell measurement the
+    median of the trials' own throughput per cell."""
+    if cells is not None:
+        return {(c.batch_size, c.norm, c.precision): c.throughput or 0.0 for c in cells.cells.values()}
+    ok = trials[trials["status"] == "ok"].dropna(subset=["throughput"])
+    return {(int(b), str(n), str(p or "fp32")): float(g["throughput"].median())
+            for (b, n, p), g in ok.groupby(["batch_size", "norm", "precision"])}
+
+
+def provisional_candidates(trials: Any, cells: CellTable | None, *, mode: str, tolerance: Tolerance | None,
+                           seed: int) -> list[Candidate]:
+    """Candidates from the trials alone, each with its trial's own seed as its one metric: what an interrupted
+    search can recommend before its re-runs (as ``--rerun-seeds 0`` would)."""
+    from batchtune.study.recommend import default_tolerance
+
+    ok = trials[trials["status"] == "ok"]["metric"].dropna() if not trials.empty else trials
+    if not len(ok):
+        return []
+    tol = tolerance or default_tolerance(ok, mode)
+    best = float(ok.max() if mode == "max" else ok.min())
+    chosen = choose(trials, mode=mode, close=2 * tol.limit(best), speed=cell_speeds(cells, trials))
+    return [replace(c, metrics=(c.trial_metric,), seeds=(seed,)) for c in chosen]
+
+
 def rerun_candidates(study: Any, runner: Any, cfg: SearchConfig, *, trials: Any, cells: CellTable | None,
                      mode: str, count: int, seeds: int, spec_for: Callable[[Candidate, int], Any],
                      close: float, on_phase: Phase | None = None, race: int = 0,
                      tolerance: Tolerance | None = None) -> list[Candidate]:
     """Choose the candidates and re-train each on ``seeds`` fresh seeds, then race (up to ``race`` more seeds, two
     at a time, on the best mean and the fastest candidate the seeds leave open); stored as ``candidates``."""
-    if cells is not None:
-        speed = {(c.batch_size, c.norm, c.precision): c.throughput or 0.0 for c in cells.cells.values()}
-    else:  # no cell measurement: the median of the trials' own throughput per cell stands in
-        ok = trials[trials["status"] == "ok"].dropna(subset=["throughput"])
-        speed = {(int(b), str(n), str(p or "fp32")): float(g["throughput"].median())
-                 for (b, n, p), g in ok.groupby(["batch_size", "norm", "precision"])}
-    chosen = choose(trials, mode=mode, close=close, speed=speed, count=count)
+    chosen = choose(trials, mode=mode, close=close, speed=cell_speeds(cells, trials), count=count)
     done: dict[tuple[Any, ...], dict[str, Any]] = {}
     for old in study.user_attrs.get("candidates") or []:
         c = Candidate.from_dict(old)

@@ -709,5 +709,17 @@ def _recommend_measured(study: Any, trials: Any, mode: str, tolerance: Any, curr
     candidates = [Candidate.from_dict(c) for c in study.user_attrs.get("candidates") or []]
     stored = study.user_attrs.get("cells")
     cells = CellTable.from_dict(stored) if stored else None
-    return recommend_measured(candidates, cells, trials, mode=mode, tolerance=tolerance, current_batch_size=current,
-                              optimizer_family=family)
+    if candidates:
+        return recommend_measured(candidates, cells, trials, mode=mode, tolerance=tolerance, current_batch_size=current,
+                                  optimizer_family=family)
+    # Stopped before the re-runs (Ctrl-C in the trials): a provisional answer from the trials' own seeds, said so.
+    from batchtune.study.measured import provisional_candidates
+
+    seed = int((study.user_attrs.get(META_KEY) or {}).get("seed") or 0)
+    rec = recommend_measured(provisional_candidates(trials, cells, mode=mode, tolerance=tolerance, seed=seed), cells,
+                             trials, mode=mode, tolerance=tolerance, current_batch_size=current, optimizer_family=family)
+    if rec is None:
+        return None
+    return replace(rec, reason=(
+        "Provisional: the search stopped before re-training its candidates on fresh seeds, so each figure is one "
+        "trial's own seed, the best of many and biased up; run the same command again to finish it. " + rec.reason))

@@ -124,3 +124,20 @@ def test_sizes_that_do_not_fit_are_left_out_by_the_cell_measurement(cli, tasks, 
     cell = next(c for c in s["cells"] if c["batch_size"] == 64)
     assert not cell["fits"] and "out of memory" in cell["error"]
     assert "batch size 64 left out: does not fit" in result.stderr
+
+
+def test_a_search_stopped_before_its_reruns_recommends_provisionally(cli, tasks, workdir, monkeypatch):
+    """Ctrl-C in the trials phase, after some trials finished: the report said "No trial finished feasibly"
+    (the recommendation read only the re-run candidates, which an interrupted search has none of)."""
+    import batchtune.study.run as run
+
+    monkeypatch.setattr(run, "_climb", lambda *a, **k: True)  # interrupted once the first trials are done
+    result = cli("search", tasks / "tiny_mlp.py", "--budget", "12", *FAST, "--batch-sizes", "8,16")
+    assert result.exit_code == 130, result.output
+    said = " ".join(result.output.split())  # the terminal wraps long lines
+    assert "No trial finished feasibly" not in said
+    assert "Provisional: the search stopped before re-training its candidates" in said
+    summary = summary_of(workdir)
+    assert not summary.get("candidates") and summary["recommendation"]["trial"] is not None
+    report = (workdir / "reports" / "tiny_mlp" / "report.md").read_text()
+    assert "Provisional:" in report and "nothing to recommend" not in report
