@@ -10,6 +10,7 @@ import click
 from batchtune.cli.options import (
     handle_errors,
     seed_option,
+    stdout_to_stderr,
 )
 
 
@@ -29,11 +30,12 @@ def command(task: str, batch_size: int | None, norm: str | None, device: str, se
     if batch_size is not None and batch_size < 1:
         raise click.BadParameter(f"{batch_size} must be a positive batch size, e.g. 32", param_hint="--batch-size")
     # The contract's dry run first, as `search` does: a task whose loss fails is broken, not "no errors".
-    loaded = load_task(task)
-    norms = search_norms(loaded, [norm] if norm else None)[0]
-    dry_run(loaded, norms)
-    diagnosis = diagnose_isolated(task=task, batch_sizes=[batch_size] if batch_size else None, norm=norms[0],
-                                  device=device, seed=seed)
+    with stdout_to_stderr(as_json):
+        loaded = load_task(task)
+        norms = search_norms(loaded, [norm] if norm else None)[0]
+        dry_run(loaded, norms)
+        diagnosis = diagnose_isolated(task=task, batch_sizes=[batch_size] if batch_size else None, norm=norms[0],
+                                      device=device, seed=seed)
     if as_json:
         click.echo(json.dumps(diagnosis.to_dict(), indent=2))
     else:

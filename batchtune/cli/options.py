@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -133,3 +135,23 @@ def name_option(ctx: Any, param: Any, value: str | None) -> str | None:
     except BatchtuneError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool = True) -> Iterator[None]:
+    """While a command works towards printing JSON, whatever else writes to stdout (the task file's prints, in
+    this process and in the workers it starts, which inherit file descriptor 1) goes to stderr, so stdout holds
+    the JSON alone; print it after the block."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

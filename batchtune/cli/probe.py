@@ -14,6 +14,7 @@ from batchtune.cli.options import (
     handle_errors,
     seed_option,
     size_option,
+    stdout_to_stderr,
     str_list,
 )
 from batchtune.units import (
@@ -69,8 +70,9 @@ def command(task: str, output_dir: str, no_plots: bool, as_json: bool, **opts: A
             detail = f"does not fit: {p.status}: {(p.reason or '')[:80]}"
         click.echo(f"  {what}  {detail}", err=True)
 
-    result = run_probe(config, on_point=on_point, on_start=on_start)
-    paths = write_probe_report(result, Path(output_dir) / config.report_name, plots=not no_plots)
+    with stdout_to_stderr(as_json):
+        result = run_probe(config, on_point=on_point, on_start=on_start)
+        paths = write_probe_report(result, Path(output_dir) / config.report_name, plots=not no_plots)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return

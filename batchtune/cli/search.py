@@ -14,6 +14,7 @@ from batchtune.cli.options import (
     handle_errors,
     int_list,
     size_option,
+    stdout_to_stderr,
     str_list,
     tolerance_option,
 )
@@ -129,8 +130,9 @@ def _run_search(config: Any, as_json: bool) -> None:
         display.phase("running the trials (samples/s: each trial's own timing, a cross-check)")
 
     try:
-        result = run_search(config, on_event=display.trial_finished, on_start=on_start, on_phase=display.phase,
-                            on_update=display.trial_update)
+        with stdout_to_stderr(as_json):
+            result = run_search(config, on_event=display.trial_finished, on_start=on_start, on_phase=display.phase,
+                                on_update=display.trial_update)
     finally:
         display.close()
     render_result(result, as_json)

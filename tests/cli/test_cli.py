@@ -162,3 +162,20 @@ def test_check_refuses_variable_length_data_without_collate_fn(cli, workdir):
     result = cli("check", "task.py")
     assert "have inputs of different shapes" in one_line_error(result, 2)
     assert "define collate_fn(items)" in result.output
+
+
+def test_json_on_stdout_stays_json_when_the_task_file_prints(tasks, workdir):
+    """A task file that prints at import (in batchtune's process, its workers and the doctor's process) put its
+    lines ahead of the JSON on stdout; they go to stderr while --json is on."""
+    import json
+    import subprocess
+    import sys
+
+    noisy = workdir / "noisy.py"
+    noisy.write_text('print("loading my task")\n' + (tasks / "tiny_mlp.py").read_text()
+                     .replace("def train_dataset():", 'def train_dataset():\n    print("building the training set")'))
+    run = subprocess.run([sys.executable, "-m", "batchtune", "check", str(noisy), "--json"], capture_output=True,
+                         text=True, cwd=workdir, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["findings"] is not None
+    assert "loading my task" in run.stderr and "building the training set" in run.stderr
