@@ -36,7 +36,7 @@ def search(task: str | Path, **options: Any) -> Any:
     """
     _check_main_guard("search")
     on_event = options.pop("on_event", None)
-    options = _keywords("search", SearchConfig, _SEARCH_CLI, options)
+    options = _keywords("search", SearchConfig, _SEARCH_CLI, _cli_strings("search", options))
     from batchtune.study.run import search as run_search
 
     tol = options.get("tolerance")
@@ -65,7 +65,7 @@ def probe(task: str | Path, *, write: bool = True, **options: Any) -> Any:
     from batchtune.probing.measure import probe as run_probe
     from batchtune.probing.report import write_probe_report
 
-    options = _keywords("probe", ProbeConfig, _PROBE_CLI, options)
+    options = _keywords("probe", ProbeConfig, _PROBE_CLI, _cli_strings("probe", options))
 
     for key in ("norms", "precisions"):
         if isinstance(options.get(key), (list, str)):
@@ -117,6 +117,30 @@ def report(
         result = load_result(stored, url, cfg)
     result.paths = write_search_report(result, Path(output_dir) / study, plots=plots)
     return result
+
+
+def _cli_strings(command: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Values given as the command line spells them (``memory_budget="6GiB"``, ``headroom="10%"``,
+    ``batch_sizes="8,16"``, ``epochs="1"``), parsed by that CLI option's own type and callback, so a bad one is
+    the CLI's one-line :class:`UsageError` before anything runs. Other values pass as they are."""
+    import click
+
+    from batchtune.cli import cli
+
+    command_obj = cli.commands[command]
+    params = {p.name: p for p in command_obj.params if isinstance(p, click.Option) and not p.is_flag}
+    ctx = click.Context(command_obj)
+    out = dict(options)
+    for key, value in options.items():
+        param = params.get(key)
+        if param is None or not isinstance(value, str):
+            continue
+        try:
+            parsed = param.type.convert(value, param, ctx)
+            out[key] = param.callback(ctx, param, parsed) if param.callback is not None else parsed
+        except click.BadParameter as exc:
+            raise UsageError(f"batchtune.{command}({key}={value!r}): {exc.format_message()}") from None
+    return out
 
 
 def _keywords(

@@ -22,6 +22,24 @@ def test_cli_spellings_map_to_config_fields():
         "output_dir": "x", "plots": False}
 
 
+def test_values_spelled_as_on_the_command_line_are_parsed_as_the_cli_parses_them():
+    """memory_budget="6GiB" reached the first trial as a string (a TypeError there, the trial left RUNNING);
+    headroom="10%" failed the same way in search and probe."""
+    from batchtune.api import _cli_strings
+
+    parsed = _cli_strings("search", {"memory_budget": "6GiB", "headroom": "10%", "epochs": "1", "batch_sizes": "8,16",
+                                     "norms": "batch,none", "trials": 3})
+    assert parsed == {"memory_budget": 6 << 30, "headroom": 0.1, "epochs": 1.0, "batch_sizes": (8, 16),
+                      "norms": ("batch", "none"), "trials": 3}
+    assert _cli_strings("probe", {"headroom": "5%", "memory_budget": "1MiB"}) == {"headroom": 0.05,
+                                                                                 "memory_budget": 1 << 20}
+    with pytest.raises(UsageError, match=r"batchtune.search\(batch_sizes='abc'\): .*not a comma-separated list of "
+                                         r"integers"):
+        batchtune.search("task.py", batch_sizes="abc")
+    with pytest.raises(UsageError, match=r"batchtune.search\(epochs='x'\): .*'x' is not a valid float"):
+        batchtune.search("task.py", epochs="x")
+
+
 def test_unknown_keyword_lists_the_valid_ones():
     with pytest.raises(UsageError, match=r"batchtune.search\(\) got an unknown keyword epoch=3; did you mean epochs=\? "
                                          r"Valid keywords .*no_plots, .*output, output_dir"):
