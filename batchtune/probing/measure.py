@@ -416,7 +416,7 @@ def probe(
     """
 
     from batchtune.probing.flops import FLOPS_NOTE, device_peak
-    from batchtune.task.contract import dry_run, load_task, make_dataset, search_norms
+    from batchtune.task.contract import dry_run, load_task, search_norms
     from batchtune.trial.device import device_memory, environment, resolve_device
     from batchtune.trial.process import TrialRunner
 
@@ -425,8 +425,7 @@ def probe(
     task = load_task(cfg.task_path)
     device = resolve_device(cfg.device)
     norms, norm_note = search_norms(task, cfg.norms)
-    dry_run(task, norms)
-    train_size = len(make_dataset(task, "train"))
+    train_size = len(dry_run(task, norms)[0])
     ceiling = min(cfg.batch_size_max or train_size, train_size)
     if cfg.batch_size_min > ceiling:
         raise UsageError(

@@ -213,7 +213,6 @@ def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
     from batchtune.task.contract import (
         dry_run,
         load_task,
-        make_dataset,
         optimizer_family,
         search_norms,
     )
@@ -226,9 +225,9 @@ def _load_and_check(cfg: SearchConfig, out_dir: Path | None) -> _Setup:
         ensure_dir(out_dir)  # fail now, not after hours of trials
     device = resolve_device(cfg.device)
     norms, norm_note = search_norms(task, cfg.norms)
-    dry_run(task, norms)
-    train_size = len(make_dataset(task, "train"))
-    val_set = make_dataset(task, "val")
+    train_set, val_set = dry_run(task, norms)
+    train_size = len(train_set)
+    del train_set  # the workers build their own; only the validation labels are read here
     val_size = len(val_set)
     sizes = batch_size_choices(cfg, train_size)
     left_out: dict[int, str] = {}

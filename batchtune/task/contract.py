@@ -686,8 +686,10 @@ def search_norms(task: Task, requested: Sequence[str] | None) -> tuple[tuple[str
 # ----------------------------------------------------------------------------- the dry run
 
 
-def dry_run(task: Task, norms: Sequence[str]) -> None:
-    """Run one tiny training and evaluation step on the CPU so contract errors surface before the study."""
+def dry_run(task: Task, norms: Sequence[str]) -> tuple[Any, Any]:
+    """Run one tiny training and evaluation step on the CPU so contract errors surface before the study; returns
+    the (train, val) datasets it built, so a caller need not build them again (a slow ``train_dataset()`` paid
+    twice in one process)."""
     train = make_dataset(task, "train")
     val = make_dataset(task, "val")
     inputs, target = _dry_batch(task, train, "train_dataset()")
@@ -734,6 +736,7 @@ def dry_run(task: Task, norms: Sequence[str]) -> None:
                 f"{task.path}: metric(output, target) returned {value} on a fresh model; return a finite number "
                 "(guard divisions that can be by zero)"
             )
+    return train, val
 
 
 def _dry_batch(task: Task, dataset: Any, function: str) -> tuple[Any, Any]:

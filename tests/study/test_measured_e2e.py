@@ -141,3 +141,18 @@ def test_a_search_stopped_before_its_reruns_recommends_provisionally(cli, tasks,
     assert not summary.get("candidates") and summary["recommendation"]["trial"] is not None
     report = (workdir / "reports" / "tiny_mlp" / "report.md").read_text()
     assert "Provisional:" in report and "nothing to recommend" not in report
+
+
+def test_the_main_process_builds_each_dataset_once(cli, tasks, workdir):
+    """train_dataset() ran twice in batchtune's own process (the dry run, then again for its size): a task whose
+    dataset takes 15 s to build paid 30 s before the first phase."""
+    import os
+
+    calls = workdir / "calls.txt"
+    source = (tasks / "tiny_mlp.py").read_text().replace(
+        "def train_dataset():", f"def train_dataset():\n    open({str(calls)!r}, 'a').write(f'{{__import__(\"os\").getpid()}}\\n')")
+    (workdir / "counted.py").write_text(source)
+    result = cli("search", workdir / "counted.py", "--budget", "6", *FAST, "--batch-sizes", "8")
+    assert result.exit_code == 0, result.output
+    pids = calls.read_text().split()
+    assert pids.count(str(os.getpid())) == 1, pids
