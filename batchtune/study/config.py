@@ -204,7 +204,7 @@ class SearchConfig:
         _positive_seconds("--timeout", self.timeout)
         _positive_seconds("--trial-timeout", self.trial_timeout)
         check_seed(self.seed)
-        check_plain_name(self.study_name)
+        check_plain_name(self.study if self.study is not None else self.study_name)
         check_batch_range(self.batch_size_min, self.batch_size_max)
         if self.batch_sizes is not None:
             if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):

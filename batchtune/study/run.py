@@ -177,7 +177,10 @@ def _search(
                 rest = replace(plan, trial_budget=plan.trial_budget + plan.climb_samples, climb_samples=0)
                 interrupted = _run_trials(study, cfg, setup, rest, on_event, on_update, pool)
         if spend is not None and not interrupted:
-            _rerun_and_account(study, cfg, setup, plan, pool.take(1)[0], spend, warnings, say)
+            try:
+                _rerun_and_account(study, cfg, setup, plan, pool.take(1)[0], spend, warnings, say)
+            except KeyboardInterrupt:  # Ctrl-C in the re-runs: the report of what finished, as in the trials
+                interrupted = True
     finally:
         pool.close()
     result = load_result(study, setup.url, cfg)

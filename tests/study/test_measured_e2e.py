@@ -156,3 +156,23 @@ def test_the_main_process_builds_each_dataset_once(cli, tasks, workdir):
     assert result.exit_code == 0, result.output
     pids = calls.read_text().split()
     assert pids.count(str(os.getpid())) == 1, pids
+
+
+def test_ctrl_c_in_the_reruns_still_writes_the_report(cli, tasks, workdir, monkeypatch):
+    """Ctrl-C while the candidates re-trained printed "interrupted" and left the report folder empty."""
+    import batchtune.study.run as run
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "_rerun_and_account", stopped)
+    result = cli("search", tasks / "tiny_mlp.py", "--budget", "12", *FAST, "--batch-sizes", "8,16")
+    assert result.exit_code == 130, result.output
+    report = (workdir / "reports" / "tiny_mlp" / "report.md").read_text()
+    assert "Provisional:" in report
+
+
+def test_an_empty_study_name_is_refused(cli, tasks, workdir):
+    """--study '' resumed the study named after the task file and overwrote its report."""
+    result = cli("search", tasks / "tiny_mlp.py", "--study", "", *FAST)
+    assert result.exit_code == 2 and "--study '' is not a plain name" in result.output
