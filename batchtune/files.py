@@ -48,8 +48,19 @@ def write_text(path: Path, text: str) -> Path:
             os.unlink(tmp)
         except OSError:
             pass
-        raise OutputError(f"cannot write {path}: {exc.strerror}; free disk space or pass another --output") from None
+        raise OutputError(f"cannot write {path}: {exc.strerror}; {_fix_for(exc, path)}") from None
     return path
+
+
+def _fix_for(exc: OSError, path: Path) -> str:
+    """The fix an OS error on writing ``path`` calls for: a full disk is not the only way to fail."""
+    import errno
+
+    if exc.errno == errno.EISDIR:
+        return f"a folder is in the way: move or remove {path}, or pass another --output"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "pass a writable --output"
+    return "free disk space or pass another --output"
 
 
 def _temporary(path: Path) -> tuple[int, str]:

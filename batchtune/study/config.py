@@ -172,7 +172,9 @@ class SearchConfig:
             raise UsageError(f"--trials {self.trials} must be at least 1")
         if self.budget is not None and not metric:
             raise UsageError(f"--budget is the compute budget of --objective metric, not of {self.objective}; drop it or use --trials")
-        if self.budget is not None and (not math.isfinite(self.budget) or self.budget < 1):
+        if self.budget is not None and not math.isfinite(self.budget):
+            raise UsageError(f"--budget {self.budget:g} is not a number of trial-equivalents; pass a finite one, e.g. 30")
+        if self.budget is not None and self.budget < 1:
             raise UsageError(f"--budget {self.budget:g} must be at least 1 trial-equivalent (one full-length trial)")
         if metric and self.accumulate > 1:
             raise UsageError(
