@@ -181,6 +181,8 @@ def _search(
                 _rerun_and_account(study, cfg, setup, plan, pool.take(1)[0], spend, warnings, say)
             except KeyboardInterrupt:  # Ctrl-C in the re-runs: the report of what finished, as in the trials
                 interrupted = True
+        if spend is not None and interrupted:
+            _record_spend(study, spend)
     finally:
         pool.close()
     result = load_result(study, setup.url, cfg)
@@ -343,7 +345,6 @@ def _rerun_and_account(
 ) -> None:
     """Phase 6 of the default search: re-train the candidates on fresh seeds, then record the budget and warnings."""
     from batchtune.study import measured
-    from batchtune.study.budget import spent_on_trials
     from batchtune.study.cells import CellTable
     from batchtune.study.results import trials_frame
 
@@ -369,16 +370,23 @@ def _rerun_and_account(
     bounds = plan.lr_bounds
     warnings += measured.weak_answer_warnings(trials, candidates, mode=mode, tolerance=tol, chance=setup.chance,
                                               bounds=bounds, rerun_seeds_=seeds)
-    stored = dict(study.user_attrs.get("budget") or {})
-    from batchtune.study import climb
+    _record_spend(study, spend)
+    study.set_user_attr("warnings", warnings)
 
+
+def _record_spend(study: Any, spend: Any) -> None:
+    """Store what each phase spent, the trials and the climb counted from the study's own trials (also when the
+    search stopped before its re-runs, whose report would otherwise count no trials)."""
+    from batchtune.study import climb
+    from batchtune.study.budget import spent_on_trials
+
+    stored = dict(study.user_attrs.get("budget") or {})
     everything = study.get_trials(deepcopy=False)
     climbed = climb.spent(everything)
     if climbed:
         spend.spent["climb"] = climbed
     stored.update(spend.to_dict(trials_samples=spent_on_trials(everything) - climbed))
     study.set_user_attr("budget", stored)
-    study.set_user_attr("warnings", warnings)
 
 
 def _tolerance(trials: Any, cfg: SearchConfig, mode: str) -> tuple[Any, float]:

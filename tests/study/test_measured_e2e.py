@@ -141,6 +141,7 @@ def test_a_search_stopped_before_its_reruns_recommends_provisionally(cli, tasks,
     assert not summary.get("candidates") and summary["recommendation"]["trial"] is not None
     report = (workdir / "reports" / "tiny_mlp" / "report.md").read_text()
     assert "Provisional:" in report and "nothing to recommend" not in report
+    assert summary["compute"]["spent_samples"]["trials"] > 0  # the finished trials count in the compute line
 
 
 def test_the_main_process_builds_each_dataset_once(cli, tasks, workdir):
