@@ -466,7 +466,15 @@ def _unresolved_text(pick: Any, best: Any, measured: list[Any], good: list[Any],
             f"{'it is' if len(close) == 1 else 'they are'} as good; raise --rerun-seeds to tell.")
 
 
+def _retrained(c: Any) -> bool:
+    """Whether a candidate trained on fresh seeds, not only its trial's own (``--rerun-seeds 0``, or a search
+    stopped before its re-runs)."""
+    return bool(c.samples) or len(c.metrics) != 1 or c.metrics[0] != c.trial_metric
+
+
 def _seeds_text(c: Any) -> str:
+    if not _retrained(c):
+        return f"{c.mean:.4g} on its own seed"
     spread = f" ± {c.spread:.2g}" if c.spread is not None else ""
     return f"{c.mean:.4g}{spread} over {len(c.finished)} fresh seed(s)"
 
@@ -486,8 +494,11 @@ def _uncertainty_text(pick: Any, sd: float | None, measured: list[Any]) -> str:
 def _measured_reason(pick: Any, best: Any, good: list[Any], tol: Tolerance, speed_text: str | None, cell: Any,
                      mode: str, sd: float | None = None) -> str:
     name = f"batch {pick.batch_size}, lr {pick.lr:.3g}, {pick.norm} norm"
-    head = (f"Trial {pick.trial}'s configuration ({name}) re-trained at {_seeds_text(pick)} "
-            f"(its own seed scored {pick.trial_metric:.4g})")
+    if _retrained(pick):
+        head = (f"Trial {pick.trial}'s configuration ({name}) re-trained at {_seeds_text(pick)} "
+                f"(its own seed scored {pick.trial_metric:.4g})")
+    else:  # not re-trained (--rerun-seeds 0, or a search stopped before its re-runs): its trial's own seed
+        head = f"Trial {pick.trial}'s configuration ({name}) scored {pick.trial_metric:.4g} on its own seed, not re-trained"
     if pick is not best:
         gap = abs(best.mean - pick.mean)
         error = _gap_error(pick, best, sd)

@@ -137,6 +137,7 @@ def test_a_search_stopped_before_its_reruns_recommends_provisionally(cli, tasks,
     said = " ".join(result.output.split())  # the terminal wraps long lines
     assert "No trial finished feasibly" not in said
     assert "Provisional: the search stopped before re-training its candidates" in said
+    assert "on its own seed, not re-trained" in said and "fresh seed(s)" not in said  # nothing was re-trained
     summary = summary_of(workdir)
     assert not summary.get("candidates") and summary["recommendation"]["trial"] is not None
     report = (workdir / "reports" / "tiny_mlp" / "report.md").read_text()
