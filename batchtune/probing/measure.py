@@ -32,9 +32,8 @@ from batchtune.probing.result import (
 )
 from batchtune.study.config import check_batch_range, check_plain_name
 from batchtune.task.choices import PRECISIONS
-from batchtune.units import format_bytes
-
 from batchtune.trial.timing import NOISY_REL_IQR
+from batchtune.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -414,10 +413,9 @@ def probe(
     Raises :class:`~batchtune.errors.BatchtuneError` subclasses for bad input; out-of-memory and
     failures at a batch size are results (points that do not fit), not exceptions.
     """
-
     from batchtune.probing.flops import FLOPS_NOTE, device_peak
     from batchtune.task.contract import dry_run, load_task, search_norms
-    from batchtune.trial.device import device_memory, environment, resolve_device
+    from batchtune.trial.device import default_threads, device_memory, environment, resolve_device
     from batchtune.trial.process import TrialRunner
 
     cfg = config.validated()
@@ -432,8 +430,6 @@ def probe(
             f"--batch-size-min {cfg.batch_size_min} is larger than the training set ({train_size} samples); lower it"
         )
     granularity = cfg.granularity or (8 if device.type in ("cuda", "mps") else 1)
-    from batchtune.trial.device import default_threads
-
     # torch's default, a thread per core, stalls at every parallel region when other programs hold a core
     # (100-200x slower steps seen on a shared 2-core machine): the cores the load average leaves idle.
     threads = cfg.threads or default_threads(1)

@@ -44,6 +44,12 @@ class Candidate:
     samples: int = 0
 
     @property
+    def retrained(self) -> bool:
+        """Whether it trained on fresh seeds (samples counted, or a seed that failed), not only its trial's own
+        (``--rerun-seeds 0``, or a search stopped before its re-runs)."""
+        return bool(self.samples) or any(m is None for m in self.metrics)
+
+    @property
     def finished(self) -> list[float]:
         return [m for m in self.metrics if m is not None and math.isfinite(m)]
 

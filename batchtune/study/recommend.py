@@ -326,7 +326,8 @@ def recommend_measured(
         params["precision"] = pick.precision
     return Recommendation(
         trial=pick.trial, params=params, metric=float(pick.mean), throughput=float(throughput),
-        throughput_source="cell" if pick_cell is not None and pick_cell.throughput else "trial", peak_memory_bytes=int(peak), best_trial=best.trial, best_metric=float(best.mean), tolerance=tol,
+        throughput_source="cell" if pick_cell is not None and pick_cell.throughput else "trial",
+        peak_memory_bytes=int(peak), best_trial=best.trial, best_metric=float(best.mean), tolerance=tol,
         reason=(_measured_reason(pick, best, good, tol, speed_text, cell, mode, sd)
                 + _unresolved_text(pick, best, measured, good, tol, mode, sd, cell) + _uncertainty_text(pick, sd, measured)),
         lr_advice=lr_advice(pick.batch_size, pick.lr, current_batch_size, optimizer_family),
@@ -466,14 +467,8 @@ def _unresolved_text(pick: Any, best: Any, measured: list[Any], good: list[Any],
             f"{'it is' if len(close) == 1 else 'they are'} as good; raise --rerun-seeds to tell.")
 
 
-def _retrained(c: Any) -> bool:
-    """Whether a candidate trained on fresh seeds, not only its trial's own (``--rerun-seeds 0``, or a search
-    stopped before its re-runs)."""
-    return bool(c.samples) or len(c.metrics) != 1 or c.metrics[0] != c.trial_metric
-
-
 def _seeds_text(c: Any) -> str:
-    if not _retrained(c):
+    if not c.retrained:
         return f"{c.mean:.4g} on its own seed"
     spread = f" ± {c.spread:.2g}" if c.spread is not None else ""
     return f"{c.mean:.4g}{spread} over {len(c.finished)} fresh seed(s)"
@@ -494,7 +489,7 @@ def _uncertainty_text(pick: Any, sd: float | None, measured: list[Any]) -> str:
 def _measured_reason(pick: Any, best: Any, good: list[Any], tol: Tolerance, speed_text: str | None, cell: Any,
                      mode: str, sd: float | None = None) -> str:
     name = f"batch {pick.batch_size}, lr {pick.lr:.3g}, {pick.norm} norm"
-    if _retrained(pick):
+    if pick.retrained:
         head = (f"Trial {pick.trial}'s configuration ({name}) re-trained at {_seeds_text(pick)} "
                 f"(its own seed scored {pick.trial_metric:.4g})")
     else:  # not re-trained (--rerun-seeds 0, or a search stopped before its re-runs): its trial's own seed

@@ -232,11 +232,12 @@ def longest_batch(dataset: Dataset, batch_size: int, task: Task | None) -> tuple
 
     Variable-length data padded per batch needs most memory on the batch holding the longest items;
     a random batch seldom holds them, so a size that fits on random batches can run out of memory
-    mid-trial. Items are read in index order for at most :data:`ITEM_SCAN_S` seconds (once per dataset
-    and process); the largest of those read make the batch.
+    mid-trial. Only a ``collate_fn`` batches items of different sizes, so without one nothing is read;
+    with one, items are read in index order for at most :data:`ITEM_SCAN_S` seconds (once per dataset
+    and process) and the largest of those read make the batch.
     """
-    if _tensor_source(dataset, task) is not None:
-        return None  # a TensorDataset's items are rows of one shape
+    if task is None or task.collate_fn is None:
+        return None  # default_collate stacks items of one shape only (the dry run refuses others): no scan needed
     cached = _ITEM_SIZES.get("dataset")
     sizes: list[int] = _ITEM_SIZES["sizes"] if cached is dataset else []
     if cached is not dataset:
