@@ -155,3 +155,18 @@ def stdout_to_stderr(enabled: bool = True) -> Iterator[None]:
         sys.stderr.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def wrap_width() -> int:
+    """The columns to wrap terminal text at: the terminal's (80 when it is not one), at most 100, less one."""
+    import shutil
+
+    return min(100, shutil.get_terminal_size((80, 24)).columns) - 1
+
+
+def echo_wrapped(text: str, err: bool = False) -> None:
+    """A paragraph wrapped at :func:`wrap_width`, never mid-word."""
+    import textwrap
+
+    click.echo(textwrap.fill(text, width=wrap_width(), subsequent_indent="  ", break_long_words=False,
+                             break_on_hyphens=False), err=err)

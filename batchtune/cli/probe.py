@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from batchtune.cli.options import (
+    echo_wrapped,
     flops_option,
     fraction_option,
     handle_errors,
@@ -16,6 +17,7 @@ from batchtune.cli.options import (
     size_option,
     stdout_to_stderr,
     str_list,
+    wrap_width,
 )
 from batchtune.units import (
     format_bytes,
@@ -52,10 +54,10 @@ def command(task: str, output_dir: str, no_plots: bool, as_json: bool, **opts: A
     from batchtune.trial.device import busy_machine
 
     if busy := busy_machine(config.threads):
-        click.echo(f"warning: {busy}", err=True)
+        echo_wrapped(f"warning: {busy}", err=True)
 
     def on_start(info: dict[str, Any]) -> None:
-        click.echo(
+        echo_wrapped(
             f"probing {Path(task).name} on {info['device']}: norms {','.join(info['norms'])}; precisions "
             f"{','.join(info['precisions'])}; sizes {config.batch_size_min}..{info['ceiling']}, granularity "
             f"{info['granularity']}; limit {format_bytes(info['limit_bytes'])} ({info['limit_source']})",
@@ -77,10 +79,10 @@ def command(task: str, output_dir: str, no_plots: bool, as_json: bool, **opts: A
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
     click.echo("")
-    click.echo(terminal_table(result))
+    click.echo(terminal_table(result, width=wrap_width()))
     for note in result.notes:
         if note.startswith(("Noisy timing", "The training items differ")):
-            click.echo(f"note: {note}")
+            echo_wrapped(f"note: {note}")
     click.echo("")
     for name, path in paths.items():
         if not name.startswith("plot:"):

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from batchtune.cli.options import (
+    echo_wrapped,
     fraction_option,
     handle_errors,
     int_list,
@@ -98,7 +99,7 @@ def command(task: str, **opts: Any) -> None:
     from batchtune.trial.device import busy_machine
 
     if busy := busy_machine(config.threads):
-        _wrapped(f"warning: {busy}", err=True)
+        echo_wrapped(f"warning: {busy}", err=True)
     _run_search(config, as_json)
 
 
@@ -146,16 +147,6 @@ def _run_search(config: Any, as_json: bool) -> None:
         raise click.ClickException(f"no trial finished feasibly, nothing to recommend: {unrecommended_reasons(result.trials)}{where}")
 
 
-def _wrapped(text: str, err: bool = False) -> None:
-    """A paragraph wrapped at the terminal's width (80 when it is not a terminal), never mid-word."""
-    import shutil
-    import textwrap
-
-    width = min(100, shutil.get_terminal_size((80, 24)).columns) - 1
-    click.echo(textwrap.fill(text, width=width, subsequent_indent="  ", break_long_words=False,
-                             break_on_hyphens=False), err=err)
-
-
 def render_result(result: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.summary, indent=2))
@@ -168,11 +159,11 @@ def render_result(result: Any, as_json: bool) -> None:
         p = rec.params
         micro = f" as {p['micro_batch']} x {p['accumulate']} accumulated micro-batches" if "accumulate" in p else ""
         ttt = f", {rec.time_to_target:.3g} s to target" if rec.time_to_target is not None else ""
-        _wrapped(
+        echo_wrapped(
             f"Recommended: batch size {p['batch_size']}{micro}, lr {p['lr']:.3g}, {p['norm']} norm "
             f"(metric {rec.metric:.4g}, {rec.throughput_text}, {format_bytes(rec.peak_memory_bytes)}{ttt})"
         )
-        _wrapped(rec.reason)
+        echo_wrapped(rec.reason)
         if rec.lr_table:
             pairs = ", ".join(f"{r['batch_size']}: {r['lr']:.3g}" for r in rec.lr_table)
             click.echo(f"lr by batch size ({rec.lr_rule} rule, base {rec.base_lr:.3g} at batch {rec.lr_reference_batch}): {pairs}")
@@ -180,7 +171,7 @@ def render_result(result: Any, as_json: bool) -> None:
             click.echo(rec.lr_advice)
     summary = result.summary
     for warning in summary.get("warnings") or []:
-        _wrapped(f"warning: {warning}")
+        echo_wrapped(f"warning: {warning}")
     if summary.get("candidates"):
         click.echo("")
         from batchtune.study.candidates import retrained
@@ -188,7 +179,7 @@ def render_result(result: Any, as_json: bool) -> None:
         if retrained(summary["candidates"]):
             click.echo("Candidates re-trained on fresh seeds (* recommended):")
         else:
-            _wrapped("Candidates, not re-trained (--rerun-seeds 0: each figure is its trial's own seed; * recommended):")
+            echo_wrapped("Candidates, not re-trained (--rerun-seeds 0: each figure is its trial's own seed; * recommended):")
         picked = (summary.get("recommendation") or {}).get("trial")
         for c in summary["candidates"]:
             q = c["params"]
@@ -203,7 +194,7 @@ def render_result(result: Any, as_json: bool) -> None:
     compute = summary.get("compute")
     if compute:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in compute.get("spent_trial_equivalents", {}).items())
-        _wrapped(f"Compute: {compute.get('total_trial_equivalents', 0):.1f} of {compute['trial_equivalents']:g} "
+        echo_wrapped(f"Compute: {compute.get('total_trial_equivalents', 0):.1f} of {compute['trial_equivalents']:g} "
                  f"trial-equivalents ({parts})")
     if not result.pareto.empty:
         from batchtune.cli.live import pareto_lines

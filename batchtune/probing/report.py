@@ -72,15 +72,22 @@ def curve_rows(curve: ProbeCurve) -> list[dict[str, str]]:
     return rows
 
 
-def terminal_table(result: ProbeResult) -> str:
-    """The per-curve tables the CLI prints, with the largest fit, recommended maximum and knee marked."""
+def terminal_table(result: ProbeResult, width: int = 79) -> str:
+    """The per-curve tables the CLI prints, headed by the largest fit, recommended maximum and knee, narrow
+    enough for an 80-column terminal: the head line is wrapped to ``width`` and the marks column is left to
+    it, with shorter column names than probe.md's."""
+    import textwrap
+
+    short = {"step ms (median)": "step ms", "peak memory": "peak mem"}
     blocks = []
     for c in result.curves:
         head = (
             f"{c.norm} / {c.precision}: largest fit {c.largest_fit or '-'}, recommended max "
             f"{c.recommended_max or '-'}, knee {c.knee or '-'} ({c.measured_sizes} sizes measured; {c.stop_reason})"
         )
-        blocks.append(head + "\n" + tabulate(curve_rows(c), headers="keys", tablefmt="simple", disable_numparse=True))
+        rows = [{short.get(k, k): v for k, v in row.items() if k} for row in curve_rows(c)]
+        blocks.append(textwrap.fill(head, width=width, subsequent_indent="  ") + "\n"
+                      + tabulate(rows, headers="keys", tablefmt="simple", disable_numparse=True))
     return "\n\n".join(blocks)
 
 

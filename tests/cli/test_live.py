@@ -115,10 +115,10 @@ def test_pareto_front_prints_one_trial_a_line_within_80_columns():
 
 def test_wrapped_lines_never_split_a_flag(capsys):
     """A warning that names flags wraps between words only: ``--lr-min`` stays whole, so it can be copied."""
-    from batchtune.cli.search import _wrapped
+    from batchtune.cli.options import echo_wrapped
 
     for pad in range(40):  # every position of the flags against the 80-column edge
-        _wrapped("warning: " + "x" * pad + " raise --rerun-seeds, or search below its LR (--lr-min 0.0024 --lr-max 0.073)")
+        echo_wrapped("warning: " + "x" * pad + " raise --rerun-seeds, or search below its LR (--lr-min 0.0024 --lr-max 0.073)")
     lines = capsys.readouterr().out.splitlines()
     assert all(len(line) <= 80 for line in lines)
     assert not [line for line in lines if line.rstrip().endswith("-")], lines

@@ -329,3 +329,15 @@ def test_noisy_sizes_are_named_in_the_notes(tasks, monkeypatch):
                    runner=_InProcess(path))
     (note,) = [n for n in result.notes if n.startswith("Noisy timing")]
     assert "worst 150% at batch/fp32 batch 16" in note and "--threads 1" in note
+
+
+def test_the_terminal_table_fits_80_columns(tasks):
+    """probe's tables were about 100 columns wide: in an 80-column terminal every row wrapped onto two lines."""
+    from batchtune.probing.report import terminal_table
+
+    path = tasks / "oom_above.py"
+    result = probe(ProbeConfig(task_path=str(path), norms=("none",), batch_size_min=8, batch_size_max=32, **FAST),
+                   runner=_InProcess(path))
+    text = terminal_table(result, width=79)
+    assert max(len(line) for line in text.splitlines()) <= 79, text
+    assert "largest fit 32, recommended max" in " ".join(text.split())  # the marks live in the head line
